@@ -1,0 +1,23 @@
+from django.contrib import admin
+
+from .models import ApiToken, Dataset, TunixRun
+
+
+@admin.register(TunixRun)
+class TunixRunAdmin(admin.ModelAdmin):
+    list_display = ("id", "status", "mode", "dataset_key", "model_id", "owner", "created_at")
+    list_filter = ("status", "mode")
+    search_fields = ("id", "model_id", "dataset_key", "message")
+    readonly_fields = [f.name for f in TunixRun._meta.fields]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ("key", "format", "row_count", "size_bytes", "created_at")
+    readonly_fields = ("sha256", "row_count", "size_bytes", "file_path")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "token_hash", "created_at", "last_used_at")

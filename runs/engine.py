@@ -1,0 +1,499 @@
+"""The supervisor: the one module that owns a run's child process.
+
+It spawns the run's argv (no shell) in its own process group with a minimal environment,
+drains stdout and stderr continuously into log chunks, turns launcher events into progress
+and metrics, writes a heartbeat, and stops the whole group on cancel or timeout. No
+database transaction stays open while the child runs: every write commits on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from . import tunix
+from .models import LogChunk, Metric, RunStatus, TunixRun
+from .paths import UnsafePath
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+# A stdout line longer than this cannot be a launcher event; it is stored as plain text.
+MAX_EVENT_LINE = 64 * 1024
+# Variables a child may inherit from the worker (GPU selection, caches, proxies for hubs).
+ENV_PASSTHROUGH = (
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "TZ",
+    "CUDA_VISIBLE_DEVICES",
+    "TPU_VISIBLE_DEVICES",
+    "XLA_FLAGS",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "JAX_PLATFORMS",
+    "HF_HOME",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Only what a training process needs: never the secret key or a database URL."""
+    env = {k: os.environ[k] for k in ENV_PASSTHROUGH if k in os.environ}
+    venv_bin = str(Path(settings.TUNIX_PYTHON).parent)
+    env["PATH"] = f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"
+    env.setdefault("LANG", "C.UTF-8")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed if the worker that supervises us dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+# --- process groups ---------------------------------------------------------------------
+
+
+def group_members(pgid: int, not_before: float | None) -> list[psutil.Process]:
+    """Live processes of group `pgid` that were created no earlier than the run's child,
+    so a recycled group id never points us at someone else's processes."""
+    members = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+            if not_before is not None and proc.info["create_time"] < not_before - 1:
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            members.append(proc)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return members
+
+
+def signal_group(pgid: int, not_before: float | None, sig: int) -> None:
+    for proc in group_members(pgid, not_before):
+        _signal(proc, sig)
+
+
+def kill_group(pgid: int, not_before: float | None, *, grace: float) -> None:
+    """SIGTERM to every process of the group, then SIGKILL to what is left after `grace`."""
+    members = group_members(pgid, not_before)
+    for proc in members:
+        _signal(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while members and time.monotonic() < deadline:
+        members = [p for p in members if _alive(p)]
+        time.sleep(0.05)
+    for proc in group_members(pgid, not_before):
+        _signal(proc, signal.SIGKILL)
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    with contextlib.suppress(psutil.Error, OSError):
+        proc.send_signal(sig)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+# --- log storage ------------------------------------------------------------------------
+
+
+@dataclass
+class LogWriter:
+    """Writes output as chunks with a storage cap: the head is kept, then a rolling tail;
+    a marker chunk between them says how much was dropped. The pipe is always drained."""
+
+    run_id: object
+    cap: int
+    seq: int = 0
+    stored: int = 0
+    head_full: bool = False
+    marker_id: int | None = None
+    dropped: int = 0
+    tail: list[tuple[int, int]] = field(default_factory=list)  # (chunk id, size) oldest first
+    tail_bytes: int = 0
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        size = len(text.encode("utf-8", "replace"))
+        head_cap = self.cap // 2
+        if not self.head_full and self.stored + size <= head_cap:
+            self._insert(stream, text)
+            self.stored += size
+            return
+        if not self.head_full:
+            self.head_full = True
+            marker = LogChunk.objects.create(
+                run_id=self.run_id, seq=self._next(), stream="system", text=self._marker_text()
+            )
+            self.marker_id = marker.id
+        # Rolling tail: keep at most cap/2 bytes of the newest output.
+        tail_cap = self.cap - head_cap
+        if size > tail_cap:
+            self.dropped += size - tail_cap
+            text = text.encode("utf-8", "replace")[-tail_cap:].decode("utf-8", "ignore")
+            size = len(text.encode("utf-8"))
+        chunk_id = self._insert(stream, text)
+        self.tail.append((chunk_id, size))
+        self.tail_bytes += size
+        drop_ids = []
+        while self.tail_bytes > tail_cap and self.tail:
+            old_id, old_size = self.tail.pop(0)
+            drop_ids.append(old_id)
+            self.tail_bytes -= old_size
+            self.dropped += old_size
+        if drop_ids:
+            LogChunk.objects.filter(id__in=drop_ids).delete()
+        if self.dropped:
+            LogChunk.objects.filter(id=self.marker_id).update(text=self._marker_text())
+
+    def _marker_text(self) -> str:
+        return (
+            f"[tunix-rt] log storage cap of {self.cap} bytes reached: the first part is kept "
+            f"above and the newest output below; {self.dropped} bytes in between were dropped.\n"
+        )
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _insert(self, stream: str, text: str) -> int:
+        # PostgreSQL text cannot hold NUL; keep the rest of the line.
+        text = text.replace("\x00", "\ufffd")
+        return LogChunk.objects.create(
+            run_id=self.run_id, seq=self._next(), stream=stream, text=text
+        ).id
+
+
+# --- the supervisor ---------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    status: str
+    exit_code: int | None
+    message: str
+
+
+class Supervisor:
+    def __init__(self, run: TunixRun, *, cwd: Path, env_extra: dict[str, str] | None = None):
+        self.run = run
+        self.cwd = cwd
+        self.env_extra = env_extra or {}
+        last = LogChunk.objects.filter(run_id=run.id).order_by("-seq").first()
+        self.log = LogWriter(run.id, settings.LOG_CAP_BYTES, seq=last.seq if last else 0)
+        self.pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.pending_bytes = 0
+        self.partial = {"stdout": b"", "stderr": b""}
+        self.metrics: list[Metric] = []
+        self.progress: dict[str, object] = {}
+        self.environment: dict[str, object] = {}
+        self.last_error: str | None = None
+        self.bytes_read = 0
+
+    # The loop ------------------------------------------------------------------------
+    def execute(self) -> Outcome:
+        run = self.run
+        proc = psutil.Popen(
+            run.command,
+            cwd=self.cwd,
+            env=child_environment(self.env_extra),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+        )
+        pgid = proc.pid
+        started = proc.create_time()
+        TunixRun.objects.filter(id=run.id).update(
+            pid=proc.pid,
+            pgid=pgid,
+            environment={**run.environment, "pid_create_time": started},
+        )
+        sel = selectors.DefaultSelector()
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            os.set_blocking(pipe.fileno(), False)
+            sel.register(pipe, selectors.EVENT_READ, name)
+        begin = time.monotonic()
+        last_flush = last_beat = begin
+        stop: tuple[str, str] | None = None  # (final status, message) decided by us
+        kill_at: float | None = None  # when SIGKILL follows the SIGTERM already sent
+        open_pipes = 2
+        exited_at: float | None = None
+        while open_pipes:
+            for key, _ in sel.select(timeout=0.2):
+                try:
+                    data = os.read(key.fileobj.fileno(), READ_SIZE)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(key.fileobj)
+                    open_pipes -= 1
+                    continue
+                self.bytes_read += len(data)
+                self._take(key.data, data)
+            now = time.monotonic()
+            if self.pending_bytes >= settings.LOG_FLUSH_BYTES or (
+                now - last_flush >= settings.LOG_FLUSH_SECONDS
+            ):
+                self._flush()
+                last_flush = now
+                if stop is None:
+                    stop = self._check_cancel()
+            if stop is None and now - last_beat >= settings.HEARTBEAT_SECONDS:
+                last_beat = now
+                if not self._heartbeat():
+                    stop = ("gone", "The run was finished elsewhere.")
+            if stop is None and now - begin > run.timeout_seconds:
+                stop = (RunStatus.TIMEOUT, f"Timed out after {run.timeout_seconds} s.")
+            if stop is not None and kill_at is None and exited_at is None:
+                # SIGTERM now, SIGKILL after the grace period; the pipes keep draining
+                # meanwhile so a child that logs while shutting down never blocks.
+                self._system(f"[tunix-rt] stopping the process group: {stop[1]}\n")
+                signal_group(pgid, started, signal.SIGTERM)
+                kill_at = now + settings.CANCEL_GRACE_SECONDS
+            if kill_at is not None and now >= kill_at:
+                signal_group(pgid, started, signal.SIGKILL)
+                kill_at = now + 1
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+                # The child is gone; nothing of its group may outlive the run.
+                kill_group(pgid, started, grace=0)
+            if exited_at is not None and now - exited_at > 5:
+                break  # a process outside the group still holds a pipe; stop reading it
+        sel.close()
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
+        code = proc.wait()
+        for name in ("stdout", "stderr"):
+            if self.partial[name]:
+                self._line(name, self.partial[name])
+                self.partial[name] = b""
+        self._flush()
+        return self._outcome(code, stop)
+
+    def _outcome(self, code: int, stop: tuple[str, str] | None) -> Outcome:
+        if stop is not None:
+            return Outcome(stop[0], code, stop[1])
+        if code == 0:
+            return Outcome(RunStatus.COMPLETED, 0, "Finished successfully.")
+        if code < 0:
+            name = signal.Signals(-code).name
+            reason = self.last_error or f"The process was killed by {name}."
+            return Outcome(RunStatus.FAILED, code, reason)
+        return Outcome(
+            RunStatus.FAILED, code, self.last_error or f"The process exited with code {code}."
+        )
+
+    # Output handling -------------------------------------------------------------------
+    def _take(self, stream: str, data: bytes) -> None:
+        buffer = self.partial[stream] + data
+        lines = buffer.split(b"\n")
+        self.partial[stream] = lines.pop()
+        for line in lines:
+            self._line(stream, line + b"\n")
+        # No newline for a long time: store what we have so memory stays bounded.
+        if len(self.partial[stream]) > MAX_EVENT_LINE:
+            self._text(stream, self.partial[stream])
+            self.partial[stream] = b""
+
+    def _line(self, stream: str, line: bytes) -> None:
+        if stream == "stdout" and len(line) <= MAX_EVENT_LINE:
+            event = tunix.parse_event(line.decode("utf-8", "replace"))
+            if event is not None:
+                self._event(event)
+                return
+        self._text(stream, line)
+
+    def _text(self, stream: str, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        self.pending[stream].append(text)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= settings.LOG_FLUSH_BYTES:
+            self._flush()
+
+    def _system(self, text: str) -> None:
+        self._flush()
+        self.log.write("system", text)
+
+    def _event(self, event: dict) -> None:
+        kind = event["event"]
+        now = timezone.now()
+        if kind == "phase" and isinstance(event.get("phase"), str):
+            self.progress["phase"] = event["phase"][:32]
+        elif kind == "progress":
+            step, total = event.get("step"), event.get("total_steps")
+            if isinstance(step, int) and step >= 0:
+                self.progress["progress_step"] = step
+                self.progress["progress_updated_at"] = now
+            if isinstance(total, int) and total > 0:
+                self.progress["progress_total"] = total
+        elif kind == "metric":
+            name, step, value = event.get("name"), event.get("step"), event.get("value")
+            if (
+                isinstance(name, str)
+                and isinstance(step, int)
+                and step >= 0
+                and isinstance(value, int | float)
+            ):
+                self.metrics.append(
+                    Metric(run_id=self.run.id, name=name[:100], step=step, value=float(value))
+                )
+        elif kind == "environment":
+            self.environment.update(
+                {k: v for k, v in event.items() if k != "event" and isinstance(v, str | int)}
+            )
+        elif kind == "error" and isinstance(event.get("message"), str):
+            self.last_error = event["message"][:2000]
+            self._text("stderr", f"[launcher] error: {self.last_error}\n".encode())
+        elif kind in ("checkpoint", "summary", "resumed"):
+            self.environment.setdefault("events", [])
+            if len(self.environment["events"]) < 200:
+                self.environment["events"].append(event)
+
+    def _flush(self) -> None:
+        for stream in ("stdout", "stderr"):
+            if self.pending[stream]:
+                self.log.write(stream, "".join(self.pending[stream]))
+                self.pending[stream] = []
+        self.pending_bytes = 0
+        updates: dict[str, object] = {}
+        if self.metrics:
+            Metric.objects.bulk_create(self.metrics, ignore_conflicts=True)
+            self.metrics = []
+        if self.progress:
+            updates.update(self.progress)
+            self.progress = {}
+        if self.environment:
+            env = dict(
+                TunixRun.objects.filter(id=self.run.id).values_list("environment", flat=True)[0]
+            )
+            events = env.get("events", []) + self.environment.pop("events", [])
+            env.update(self.environment)
+            if events:
+                env["events"] = events[-200:]
+            updates["environment"] = env
+            self.environment = {}
+        updates["log_bytes"] = self.log.stored + self.log.tail_bytes
+        updates["log_dropped_bytes"] = self.log.dropped
+        TunixRun.objects.filter(id=self.run.id).update(**updates)
+
+    # Control ---------------------------------------------------------------------------
+    def _heartbeat(self) -> bool:
+        """False when the run is no longer ours to run (the reaper or a cancel finished it)."""
+        return bool(
+            TunixRun.objects.filter(id=self.run.id, status=RunStatus.RUNNING).update(
+                heartbeat_at=timezone.now()
+            )
+        )
+
+    def _check_cancel(self) -> tuple[str, str] | None:
+        row = TunixRun.objects.filter(id=self.run.id).values("status", "cancel_requested_at")
+        row = row.first()
+        if row is None:
+            return ("gone", "The run was deleted.")
+        if row["cancel_requested_at"] is not None:
+            return (RunStatus.CANCELLED, "Cancelled by request.")
+        if row["status"] != RunStatus.RUNNING:
+            return ("gone", "The run was finished elsewhere.")
+        return None
+
+
+def run_execute(*, run_id) -> str:
+    """The queue task's work: claim the run, prepare its folder, supervise, record the end."""
+    from . import services
+
+    if not services.run_claim(run_id=run_id):
+        # Already running elsewhere, finished or cancelled: a redelivered or duplicate task.
+        return "skipped: the run is not pending"
+    run = TunixRun.objects.get(id=run_id)
+    try:
+        cwd, env_extra = services.run_prepare(run=run)
+    except (UnsafePath, OSError, ValueError) as exc:
+        services.run_finish(
+            run_id=run_id, status=RunStatus.FAILED, message=f"Could not prepare the run: {exc}"
+        )
+        return "failed to prepare"
+    try:
+        outcome = Supervisor(run, cwd=cwd, env_extra=env_extra).execute()
+    except Exception as exc:
+        log.exception("supervisor failed for run %s", run_id)
+        services.run_finish(
+            run_id=run_id, status=RunStatus.FAILED, message=f"The supervisor failed: {exc}"
+        )
+        return "supervisor error"
+    if outcome.status == "gone":
+        return "finished elsewhere"
+    services.run_finish(
+        run_id=run_id,
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        message=outcome.message,
+    )
+    return outcome.status
+
+
+# --- housekeeping in every worker process -----------------------------------------------
+
+_reaper_started = False
+
+
+def start_reaper_thread(**kwargs) -> None:
+    """Reap at worker start, then every TUNIXRT_REAPER_INTERVAL_SECONDS, in a daemon thread
+    of the worker: it keeps running while the worker's main thread supervises a long run."""
+    global _reaper_started
+    if _reaper_started:
+        return
+    _reaper_started = True
+
+    def loop():
+        from . import services
+
+        while True:
+            try:
+                close_old_connections()
+                services.runs_reap()
+            except Exception:
+                log.exception("reaper pass failed")
+            finally:
+                connection.close()
+            time.sleep(settings.REAPER_INTERVAL_SECONDS)
+
+    threading.Thread(target=loop, name="tunixrt-reaper", daemon=True).start()
+
+
+def this_host() -> str:
+    return socket.gethostname()[:255]

@@ -1,0 +1,266 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Dataset(models.Model):
+    """A registered JSONL training file. `key` is `name-version`; a version never changes."""
+
+    class Format(models.TextChoices):
+        REASONING = "reasoning", "Reasoning traces"
+        PROMPT_COMPLETION = "prompt_completion", "Prompt / completion"
+        MESSAGES = "messages", "Chat messages"
+
+    key = models.CharField(max_length=160, unique=True)
+    name = models.CharField(max_length=100)
+    version = models.CharField(max_length=50)
+    format = models.CharField(max_length=32, choices=Format.choices)
+    # Relative to settings.DATASETS_DIR; always written by us, never taken from a request.
+    file_path = models.CharField(max_length=300)
+    row_count = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="dataset_name_version")
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    TIMEOUT = "timeout", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
+FINAL_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.CANCELLED)
+
+
+class RunMode(models.TextChoices):
+    DRY_RUN = "dry-run", "Dry-run"
+    LOCAL = "local", "Local"
+
+
+class TunixRun(models.Model):
+    """The record of one run: what was asked, what was executed, and how it ended."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="tunix_runs"
+    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
+    mode = models.CharField(max_length=16, choices=RunMode.choices)
+    name = models.CharField(max_length=200, blank=True)
+
+    # Input. The dataset row may be deleted later; the key and hash keep the record whole.
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.SET_NULL)
+    dataset_key = models.CharField(max_length=160)
+    dataset_sha256 = models.CharField(max_length=64, blank=True)
+    model_id = models.CharField(max_length=200)
+    model_family = models.CharField(max_length=32, blank=True)
+    output_dir = models.CharField(max_length=255, help_text="Relative to the artifacts root.")
+
+    # Hyperparameters (bounds live in runs/tunix.py next to the config they feed).
+    learning_rate = models.FloatField()
+    num_epochs = models.PositiveIntegerField()
+    batch_size = models.PositiveIntegerField()
+    max_seq_length = models.PositiveIntegerField()
+    max_steps = models.PositiveIntegerField(null=True, blank=True)
+    lora_rank = models.PositiveIntegerField()
+    lora_alpha = models.FloatField()
+    seed = models.PositiveIntegerField()
+    eval_every_n_steps = models.PositiveIntegerField()
+    timeout_seconds = models.PositiveIntegerField()
+
+    # What executes: the resolved config and the exact argv. Stored, never re-derived.
+    config = models.JSONField(default=dict, blank=True)
+    command = models.JSONField(default=list, blank=True)
+    environment = models.JSONField(
+        default=dict, blank=True, help_text="Versions of Tunix/JAX, device kind, host."
+    )
+
+    # Outcome.
+    exit_code = models.IntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Execution bookkeeping, written by the supervisor on the worker host.
+    phase = models.CharField(max_length=32, blank=True)
+    progress_step = models.PositiveIntegerField(null=True, blank=True)
+    progress_total = models.PositiveIntegerField(null=True, blank=True)
+    progress_updated_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_host = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    pgid = models.IntegerField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    log_bytes = models.PositiveBigIntegerField(default=0)
+    log_dropped_bytes = models.PositiveBigIntegerField(default=0)
+
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    resume_from_step = models.PositiveIntegerField(null=True, blank=True)
+    pinned = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # Run list, newest first, paged: ORDER BY created_at DESC, id DESC.
+            models.Index(fields=["-created_at", "-id"], name="run_newest"),
+            # "My runs" list and the per-user queue limit.
+            models.Index(fields=["owner", "-created_at"], name="run_owner_newest"),
+            # Filters on the run list: WHERE status = ? ORDER BY created_at DESC.
+            models.Index(fields=["status", "-created_at"], name="run_status_newest"),
+            models.Index(fields=["mode", "-created_at"], name="run_mode_newest"),
+            models.Index(fields=["dataset_key", "-created_at"], name="run_dataset_newest"),
+            models.Index(fields=["model_id", "-created_at"], name="run_model_newest"),
+            # Reaper: WHERE status = 'running' AND heartbeat_at < ?.
+            models.Index(
+                fields=["heartbeat_at"],
+                name="run_running_heartbeat",
+                condition=Q(status="running"),
+            ),
+            # Retention: finished runs by age.
+            models.Index(fields=["finished_at"], name="run_finished"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=[s.value for s in RunStatus]), name="run_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(mode__in=[m.value for m in RunMode]), name="run_mode_valid"
+            ),
+            # Two runs never write into one folder.
+            models.UniqueConstraint(fields=["output_dir"], name="run_output_dir_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} on {self.dataset_key} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def progress_fraction(self) -> float | None:
+        if self.progress_step is not None and self.progress_total:
+            return min(1.0, self.progress_step / self.progress_total)
+        return None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Linear estimate from the steps done since the run started."""
+        if (
+            self.status != RunStatus.RUNNING
+            or not self.progress_step
+            or not self.progress_total
+            or not self.progress_updated_at
+            or not self.started_at
+        ):
+            return None
+        start_step = self.resume_from_step or 0
+        done = self.progress_step - start_step
+        if done <= 0:
+            return None
+        elapsed = (self.progress_updated_at - self.started_at).total_seconds()
+        return max(0.0, elapsed / done * (self.progress_total - self.progress_step))
+
+
+class LogChunk(models.Model):
+    """One piece of a run's output, in the order it arrived. Chunks are append-only."""
+
+    class Stream(models.TextChoices):
+        STDOUT = "stdout", "stdout"
+        STDERR = "stderr", "stderr"
+        SYSTEM = "system", "system"
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(TunixRun, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    stream = models.CharField(max_length=8, choices=Stream.choices)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [
+            # Also the index for "chunks of run R after SEQ", the log-follow query.
+            models.UniqueConstraint(fields=["run", "seq"], name="logchunk_run_seq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.seq} ({self.stream})"
+
+
+class Metric(models.Model):
+    """One scalar the trainer reported: name (train/loss, eval/loss, ...) at a step."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(TunixRun, on_delete=models.CASCADE, related_name="metrics")
+    name = models.CharField(max_length=100)
+    step = models.PositiveIntegerField()
+    value = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "name", "step"]
+        constraints = [
+            # Also the index for "series of run R", the chart query.
+            models.UniqueConstraint(fields=["run", "name", "step"], name="metric_run_name_step")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.step}={self.value:g}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts. Only a SHA-256 of the token is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, help_text="First characters, to tell tokens apart.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,11 @@
+"""Queue entry points: load by id, call a service. Named by dotted path in django-q2."""
+
+from . import engine, services
+
+
+def execute_run(run_id: str) -> str:
+    return engine.run_execute(run_id=run_id)
+
+
+def reap_runs() -> str:
+    return services.runs_reap()

@@ -1,0 +1,241 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from runs import services, tunix
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "runs" / "sample_data" / "reasoning-sample.jsonl"
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tunix lane runs whenever the extra is installed; otherwise it is skipped."""
+    try:
+        from importlib.metadata import version
+
+        version("google-tunix")
+        has_tunix = True
+    except Exception:
+        has_tunix = False
+    skip = pytest.mark.skip(reason="the tunix extra is not installed (pip install -e '.[tunix]')")
+    for item in items:
+        if "tunix" in item.keywords and not has_tunix:
+            item.add_marker(skip)
+
+
+def wait_for(predicate, *, timeout=30.0, interval=0.05, message="condition"):
+    """Poll until predicate() is truthy; return its value. Never a bare sleep in tests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(settings, tmp_path):
+    """Every test writes artifacts, datasets and models under its own folder."""
+    for name in ("ARTIFACTS_DIR", "DATASETS_DIR", "MODELS_DIR"):
+        folder = tmp_path / name.split("_")[0].lower()
+        folder.mkdir()
+        setattr(settings, name, folder)
+    tunix._probe_cache.clear()
+    yield
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-password-1")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-password-1")
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user("carol", password="carol-pw-1", is_staff=True)
+
+
+class ApiClient:
+    """A Django test client that sends a bearer token and JSON."""
+
+    def __init__(self, token: str | None):
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _call(self, method, path, data=None, **extra):
+        kwargs = {"headers": {**self.headers, **extra.pop("headers", {})}}
+        if data is not None:
+            kwargs["data"] = json.dumps(data)
+            kwargs["content_type"] = "application/json"
+        return getattr(self.client, method)(path, **kwargs, **extra)
+
+    def get(self, path, **extra):
+        return self._call("get", path, **extra)
+
+    def post(self, path, data=None, **extra):
+        return self._call("post", path, data, **extra)
+
+    def delete(self, path, **extra):
+        return self._call("delete", path, **extra)
+
+
+@pytest.fixture
+def api(user):
+    _, token = services.api_token_create(user=user, name="tests")
+    return ApiClient(token)
+
+
+@pytest.fixture
+def anon_api():
+    return ApiClient(None)
+
+
+def import_dataset(name="sample", version="v1", path=SAMPLE, **kwargs):
+    with open(path, "rb") as handle:
+        return services.dataset_import(source=handle, name=name, version=version, **kwargs)
+
+
+@pytest.fixture
+def dataset(db):
+    return import_dataset()
+
+
+@pytest.fixture
+def tiny_model_dir(settings):
+    """A local model reference that parses (config.json only; enough for dry-runs)."""
+    folder = Path(settings.MODELS_DIR) / "tiny-llama3"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return "local:tiny-llama3"
+
+
+@pytest.fixture(scope="session")
+def python_without_tunix(tmp_path_factory):
+    """A real interpreter that has no Tunix: a bare virtual environment."""
+    folder = tmp_path_factory.mktemp("bare-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    return str(folder / "bin" / "python")
+
+
+@pytest.fixture
+def run_factory(user, dataset, tiny_model_dir):
+    """Create runs through the service, optionally with a real command as the child."""
+
+    def make(*, owner=None, mode="dry-run", command=None, **kwargs):
+        hp = {k: kwargs.pop(k) for k in list(kwargs) if k in tunix.HYPERPARAMETERS}
+        return services.run_create(
+            owner=owner or user,
+            dataset_key=kwargs.pop("dataset_key", dataset.key),
+            model_id=kwargs.pop("model_id", tiny_model_dir),
+            mode=mode,
+            hyperparameters=hp,
+            command=command,
+            **kwargs,
+        )
+
+    return make
+
+
+def py(code: str) -> list[str]:
+    """argv of a small real Python child program."""
+    return [sys.executable, "-c", code]
+
+
+# --- real qcluster workers --------------------------------------------------------------
+
+
+def database_env() -> dict[str, str]:
+    """Environment that points a subprocess at the database the tests are using."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("postgresql"):
+        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        if db.get("PASSWORD"):
+            url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        return {"DATABASE_URL": url}
+    env = {"TUNIXRT_SQLITE_PATH": str(db["NAME"])}
+    return env
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(
+            lambda: b"ready for work" in self.log_path.read_bytes(),
+            timeout=60,
+            message="qcluster to start",
+        )
+        return self
+
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        parent = psutil.Process(self.proc.pid)
+        return [p.pid for p in parent.children(recursive=True)]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_cluster(settings, tmp_path, transactional_db):
+    """Start real `manage.py qcluster` processes against the test database."""
+    clusters = []
+
+    def start(*, workers: int = 2, name: str = "w", **overrides):
+        env = {
+            **os.environ,
+            **database_env(),
+            "TUNIXRT_ARTIFACTS_DIR": str(settings.ARTIFACTS_DIR),
+            "TUNIXRT_DATASETS_DIR": str(settings.DATASETS_DIR),
+            "TUNIXRT_MODELS_DIR": str(settings.MODELS_DIR),
+            "TUNIXRT_MAX_CONCURRENT_RUNS": str(workers),
+            "TUNIXRT_HEARTBEAT_SECONDS": "1",
+            "TUNIXRT_HEARTBEAT_STALE_SECONDS": "4",
+            "TUNIXRT_REAPER_INTERVAL_SECONDS": "1",
+            "TUNIXRT_CANCEL_GRACE_SECONDS": "2",
+            "TUNIXRT_QUEUE_POLL_SECONDS": "0.1",
+            "TUNIXRT_LOG_LEVEL": "INFO",
+            **{k: str(v) for k, v in overrides.items()},
+        }
+        cluster = Cluster(env, tmp_path / f"qcluster-{name}-{len(clusters)}.log").start()
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()

@@ -1,0 +1,238 @@
+"""Settings for tunix-rt.
+
+Every value comes from the environment and has a working default, so a fresh clone runs on
+SQLite with nothing else to start. `DATABASE_URL` switches to PostgreSQL.
+"""
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.getenv(name, default)
+
+
+def envbool(name: str, default: str = "0") -> bool:
+    return os.getenv(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def envint(name: str, default: str) -> int:
+    return int(os.getenv(name, default))
+
+
+def envlist(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+
+
+# Everything the app writes by default (SQLite file, artifacts, datasets, models) lives
+# under one folder so a user can see and delete it in one place.
+DATA_DIR = Path(envstr("TUNIXRT_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    key = envstr("DJANGO_SECRET_KEY")
+    if key:
+        return key
+    # No key given: keep a generated one on disk so sessions survive restarts of `make run`.
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("DJANGO_DEBUG", "0")
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_q",
+    "runs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "tunixrt.urls"
+WSGI_APPLICATION = "tunixrt.wsgi.application"
+ASGI_APPLICATION = "tunixrt.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default. WAL lets the web process read while the worker writes; IMMEDIATE
+# transactions take the write lock up front so two writers queue on the busy timeout
+# instead of failing with "database is locked" halfway through a transaction.
+SQLITE_PATH = Path(envstr("TUNIXRT_SQLITE_PATH", str(DATA_DIR / "tunixrt.sqlite3")))
+DATABASE_URL = envstr("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=envint("DB_CONN_MAX_AGE", "60"), conn_health_checks=True
+        )
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": SQLITE_PATH,
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": envint("TUNIXRT_SQLITE_TIMEOUT", "30"),
+            },
+            "TEST": {"NAME": str(DATA_DIR / "test-tunixrt.sqlite3")},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("TUNIXRT_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the source folders too, so pages have their CSS before collectstatic.
+WHITENOISE_USE_FINDERS = True
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "runs:list"
+LOGOUT_REDIRECT_URL = "login"
+
+# Request bodies: JSON API bodies stay small; dataset uploads are streamed to disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("TUNIXRT_MAX_BODY_BYTES", str(1024 * 1024))
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+# Production hardening: behind TLS (TUNIXRT_HTTPS=1) cookies are secure and HSTS is on.
+HTTPS = envbool("TUNIXRT_HTTPS", "0")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = envbool("TUNIXRT_SSL_REDIRECT", "1")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("TUNIXRT_HSTS_SECONDS", "31536000")
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = envbool("TUNIXRT_HSTS_PRELOAD", "1")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": sys.stderr}},
+    "root": {"handlers": ["console"], "level": envstr("TUNIXRT_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- tunix-rt -----------------------------------------------------------------------------
+ARTIFACTS_DIR = Path(envstr("TUNIXRT_ARTIFACTS_DIR", str(DATA_DIR / "artifacts"))).resolve()
+DATASETS_DIR = Path(envstr("TUNIXRT_DATASETS_DIR", str(DATA_DIR / "datasets"))).resolve()
+MODELS_DIR = Path(envstr("TUNIXRT_MODELS_DIR", str(DATA_DIR / "models"))).resolve()
+for _folder in (ARTIFACTS_DIR, DATASETS_DIR, MODELS_DIR):
+    _folder.mkdir(parents=True, exist_ok=True)
+
+# The interpreter that runs training (it must have the `tunix` extra). It may be a different
+# virtual environment from the web process; it is probed in a subprocess, never imported.
+TUNIX_PYTHON = envstr("TUNIXRT_TUNIX_PYTHON", sys.executable)
+TUNIX_PROBE_TTL = envint("TUNIXRT_TUNIX_PROBE_TTL", "60")
+# The module the training interpreter runs (`python -m MODULE CONFIG`). Ours by default; a
+# site may point it at its own wrapper that speaks the same protocol.
+TUNIX_LAUNCHER_MODULE = envstr("TUNIXRT_LAUNCHER_MODULE", "runs.launcher")
+
+# Run time limits. The default applies when a run names none; no run may ask for more than
+# the maximum, and the queue's timeout/retry below are derived from the maximum.
+RUN_TIMEOUT_DEFAULT = envint("TUNIXRT_RUN_TIMEOUT", str(6 * 3600))
+RUN_TIMEOUT_MAX = envint("TUNIXRT_RUN_TIMEOUT_MAX", str(3 * 24 * 3600))
+CANCEL_GRACE_SECONDS = envint("TUNIXRT_CANCEL_GRACE_SECONDS", "10")
+HEARTBEAT_SECONDS = envint("TUNIXRT_HEARTBEAT_SECONDS", "5")
+HEARTBEAT_STALE_SECONDS = envint("TUNIXRT_HEARTBEAT_STALE_SECONDS", "60")
+REAPER_INTERVAL_SECONDS = envint("TUNIXRT_REAPER_INTERVAL_SECONDS", "30")
+# Pending runs not started after this long are handed to the queue again (lost tasks).
+REQUEUE_AFTER_SECONDS = envint("TUNIXRT_REQUEUE_AFTER_SECONDS", "600")
+MAX_CONCURRENT_RUNS = envint("TUNIXRT_MAX_CONCURRENT_RUNS", "1")
+LOG_CAP_BYTES = envint("TUNIXRT_LOG_CAP_BYTES", str(16 * 1024 * 1024))
+LOG_FLUSH_SECONDS = float(envstr("TUNIXRT_LOG_FLUSH_SECONDS", "1.0"))
+LOG_FLUSH_BYTES = envint("TUNIXRT_LOG_FLUSH_BYTES", str(64 * 1024))
+MAX_QUEUED_RUNS_PER_USER = envint("TUNIXRT_MAX_QUEUED_RUNS_PER_USER", "20")
+MAX_QUEUED_RUNS_TOTAL = envint("TUNIXRT_MAX_QUEUED_RUNS_TOTAL", "200")
+RETENTION_DAYS = envint("TUNIXRT_RETENTION_DAYS", "30")
+DATASET_MAX_BYTES = envint("TUNIXRT_DATASET_MAX_BYTES", str(512 * 1024 * 1024))
+DATASET_MAX_LINE_BYTES = envint("TUNIXRT_DATASET_MAX_LINE_BYTES", str(1024 * 1024))
+
+# django-q2. One queue worker process executes one run at a time, so the number of workers
+# is the number of runs a host trains at once (think GPU slots). A task lives as long as
+# its run, so the task timeout must exceed the longest allowed run, and `retry` (when the
+# broker hands an unacknowledged task out again) must exceed the timeout, or a running task
+# would be handed to a second worker. tunixrt/apps checks this ordering at startup.
+Q_CLUSTER = {
+    "name": envstr("TUNIXRT_QUEUE_NAME", "tunixrt"),
+    "workers": MAX_CONCURRENT_RUNS,
+    "recycle": 50,
+    "timeout": RUN_TIMEOUT_MAX + 10 * 60,
+    "retry": RUN_TIMEOUT_MAX + 20 * 60,
+    "max_attempts": 1,
+    # Pull at most one task ahead per worker so a busy host does not hoard runs.
+    "queue_limit": MAX_CONCURRENT_RUNS,
+    "bulk": 1,
+    "save_limit": 250,
+    "catch_up": False,
+    "poll": float(envstr("TUNIXRT_QUEUE_POLL_SECONDS", "0.5")),
+    "label": "Queue",
+}
+if envstr("TUNIXRT_REDIS_URL"):
+    Q_CLUSTER["redis"] = envstr("TUNIXRT_REDIS_URL")
+else:
+    Q_CLUSTER["orm"] = "default"
