@@ -5,20 +5,23 @@ import re
 from pathlib import Path
 
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Files that training wrote (Orbax uses names like `_CHECKPOINT_METADATA`): looser, for
+# reading inside a run's folder only. Still no hidden names, `..` or separators.
+READ_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@=+-]{0,254}$")
 
 
 class UnsafePath(ValueError):
     pass
 
 
-def safe_relative(root: Path, relative: str) -> Path:
+def safe_relative(root: Path, relative: str, *, segment_re: re.Pattern = _SEGMENT_RE) -> Path:
     """Resolve `relative` under `root`, refusing anything that could land outside it.
 
     Refused: empty, absolute, NUL, backslashes, `..` or odd segments, and anything whose
     resolved path (symlinks followed) is not strictly inside the resolved root.
     """
-    if not isinstance(relative, str) or not relative or len(relative) > 255:
-        raise UnsafePath("must be a relative path of 1 to 255 characters")
+    if not isinstance(relative, str) or not relative or len(relative) > 1024:
+        raise UnsafePath("must be a relative path of 1 to 1024 characters")
     if "\x00" in relative or "\\" in relative:
         raise UnsafePath("must not contain NUL or backslashes")
     if relative.startswith("/"):
@@ -27,7 +30,7 @@ def safe_relative(root: Path, relative: str) -> Path:
     for part in parts:
         if part in ("", ".", ".."):
             raise UnsafePath("must not contain empty, '.' or '..' segments")
-        if not _SEGMENT_RE.match(part):
+        if not segment_re.match(part):
             raise UnsafePath(
                 f"segment '{part[:40]}' may only use letters, digits, '.', '_' and '-', "
                 "and must start with a letter or digit"

@@ -97,3 +97,69 @@ def queue_position(run: TunixRun) -> int | None:
 
 def datasets_all() -> QuerySet[Dataset]:
     return Dataset.objects.order_by("name", "version")
+
+
+def run_log_chunks(run: TunixRun, *, after: int = 0, limit: int = 500) -> list:
+    """Chunks after sequence number `after`, oldest first (the log-follow query)."""
+    from .models import LogChunk
+
+    return list(
+        LogChunk.objects.filter(run=run, seq__gt=after)
+        .order_by("seq")
+        .values("seq", "stream", "text")[:limit]
+    )
+
+
+def run_log_text(run: TunixRun):
+    """The whole stored log, streamed chunk by chunk."""
+    from .models import LogChunk
+
+    chunks = LogChunk.objects.filter(run=run).order_by("seq").values_list("text", flat=True)
+    return chunks.iterator(chunk_size=200)
+
+
+def run_metric_series(run: TunixRun) -> dict[str, list[tuple[int, float]]]:
+    """{name: [(step, value), ...]} ordered by step."""
+    from .models import Metric
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in (
+        Metric.objects.filter(run=run).order_by("name", "step").values_list("name", "step", "value")
+    ):
+        series.setdefault(name, []).append((step, value))
+    return series
+
+
+def run_output_files(run: TunixRun, *, limit: int = 2000) -> list[dict]:
+    """Files under the run's folder (relative paths, sizes); symlinks are not followed."""
+    from . import services
+
+    try:
+        root = services.run_output_path(run)
+    except Exception:
+        return []
+    if not root.is_dir():
+        return []
+    files = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files.append({"path": str(path.relative_to(root)), "size": path.stat().st_size})
+            if len(files) >= limit:
+                break
+    return files
+
+
+def run_output_file(run: TunixRun, relative: str):
+    """An existing regular file inside the run's folder, or NotFound. Confined to the folder:
+    `..`, absolute paths and symlinks that leave it are refused."""
+    from . import services
+    from .paths import READ_SEGMENT_RE, UnsafePath, safe_relative
+
+    try:
+        root = services.run_output_path(run)
+        path = safe_relative(root, relative, segment_re=READ_SEGMENT_RE)
+    except UnsafePath as exc:
+        raise NotFound("No such file in this run's outputs.") from exc
+    if not path.is_file():
+        raise NotFound("No such file in this run's outputs.")
+    return path

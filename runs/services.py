@@ -208,6 +208,8 @@ def run_create(
     run_id = uuid.uuid4()
     output_dir = output_dir or f"runs/{run_id}"
     try:
+        if len(output_dir) > 200:
+            raise UnsafePath("must be at most 200 characters")
         output_path = safe_relative(Path(settings.ARTIFACTS_DIR), output_dir)
         output_dir = str(output_path.relative_to(Path(settings.ARTIFACTS_DIR).resolve()))
         if TunixRun.objects.filter(output_dir=output_dir).exists() or output_path.exists():
@@ -514,3 +516,101 @@ def schedules_ensure() -> None:
             "repeats": -1,
         },
     )
+
+
+# --- runs: again, resume, delete --------------------------------------------------------
+
+_RERUN_FIELDS = ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
+
+
+def run_request(run: TunixRun) -> dict[str, Any]:
+    """The inputs that created `run`, in the shape run_create takes (for "run again")."""
+    return {
+        "dataset_key": run.dataset_key,
+        "model_id": run.model_id,
+        "mode": run.mode,
+        "timeout_seconds": run.timeout_seconds,
+        "name": run.name,
+        "hyperparameters": {name: getattr(run, name) for name in tunix.HYPERPARAMETERS},
+    }
+
+
+def run_rerun(*, run: TunixRun, owner, changes: dict[str, Any] | None = None) -> TunixRun:
+    """A new run from the same inputs, optionally changed. The new run gets its own folder
+    (never the old one's), and a launcher command is rebuilt, a custom one kept."""
+    request = run_request(run)
+    for key, value in (changes or {}).items():
+        if key in tunix.HYPERPARAMETERS:
+            request["hyperparameters"][key] = value
+        elif key in _RERUN_FIELDS:
+            request[key] = value
+        else:
+            raise InvalidInput(f"'{key}' cannot be changed on a rerun.", fields={key: "Unknown."})
+    command = None if tunix.is_launcher_command(run.command) or not run.command else run.command
+    return run_create(owner=owner, command=command, **request)
+
+
+def run_latest_checkpoint(run: TunixRun) -> int | None:
+    """The newest step whose Orbax checkpoint is complete (has commit_success.txt)."""
+    steps = [c["step"] for c in run_checkpoints(run) if c["complete"]]
+    return max(steps) if steps else None
+
+
+def run_checkpoints(run: TunixRun) -> list[dict[str, Any]]:
+    """Checkpoints by step with their completeness marker, newest first."""
+    try:
+        root = run_output_path(run) / "checkpoints"
+    except UnsafePath:
+        return []
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink() and child.name.isdigit():
+            found.append(
+                {
+                    "step": int(child.name),
+                    "complete": (child / "commit_success.txt").is_file(),
+                    "path": str(child.relative_to(run_output_path(run))),
+                }
+            )
+    return sorted(found, key=lambda c: c["step"], reverse=True)
+
+
+def run_resume(*, run: TunixRun, owner, max_steps: int) -> TunixRun:
+    """Continue `run` from its latest complete checkpoint: the same config with more steps,
+    as a new local run linked to its parent."""
+    if not run.is_final:
+        raise Conflict("Only a finished run can be continued.")
+    step = run_latest_checkpoint(run)
+    if step is None:
+        raise Conflict("The run has no complete checkpoint to continue from.")
+    if max_steps <= step:
+        raise InvalidInput(
+            f"max_steps must be greater than the checkpoint's step {step}.",
+            fields={"max_steps": f"Must be greater than {step}."},
+        )
+    request = run_request(run)
+    request["mode"] = RunMode.LOCAL
+    request["hyperparameters"]["max_steps"] = max_steps
+    new = run_create(owner=owner, parent=run, **request)
+    TunixRun.objects.filter(id=new.id).update(resume_from_step=step)
+    new.resume_from_step = step
+    return new
+
+
+def run_delete(*, run: TunixRun) -> int:
+    """Delete a finished run: its rows first (logs and metrics cascade), then, once that has
+    committed, its folder. Returns the bytes freed. Active runs are refused (409)."""
+    with transaction.atomic():
+        locked = TunixRun.objects.select_for_update().filter(id=run.id).first()
+        if locked is None:
+            raise NotFound("No such run.")
+        if locked.is_active:
+            raise Conflict(f"The run is {locked.status}; cancel it before deleting it.")
+        try:
+            path = run_output_path(locked)
+        except UnsafePath:
+            path = None
+        locked.delete()
+    return remove_tree(path) if path is not None else 0
