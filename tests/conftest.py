@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -202,12 +203,16 @@ class Cluster:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            # SIGTERM to the cluster's main process only: it stops its own workers in
+            # order (signalling the whole group at once makes it wait for the dead).
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
 
 
