@@ -120,8 +120,9 @@ def dataset(db):
 def tiny_model_dir(settings):
     """A local model reference that parses (config.json only; enough for dry-runs)."""
     folder = Path(settings.MODELS_DIR) / "tiny-llama3"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "config.json").exists():  # a real generated model may be there already
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     return "local:tiny-llama3"
 
 

@@ -10,6 +10,10 @@ from runs.errors import ServiceError
 class Command(BaseCommand):
     help = "Validate a JSONL file and register it as dataset NAME-VERSION."
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        # Our --version is the dataset's version; it replaces Django's program --version.
+        return super().create_parser(prog_name, subcommand, conflict_handler="resolve", **kwargs)
+
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
         parser.add_argument("--name", required=True)
