@@ -40,7 +40,12 @@ def start_cluster(workers: int = 1, **env) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "qcluster"],
         cwd=REPO,
-        env={**os.environ, "TUNIXRT_MAX_CONCURRENT_RUNS": str(workers), **env},
+        env={
+            **os.environ,
+            "TUNIXRT_MAX_CONCURRENT_RUNS": str(workers),
+            "TUNIXRT_LOG_LEVEL": "INFO",  # its "ready for work" line tells us it started
+            **env,
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

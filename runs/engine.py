@@ -266,9 +266,7 @@ class Supervisor:
                 self.bytes_read += len(data)
                 self._take(key.data, data)
             now = time.monotonic()
-            if self.pending_bytes >= settings.LOG_FLUSH_BYTES or (
-                now - last_flush >= settings.LOG_FLUSH_SECONDS
-            ):
+            if now - last_flush >= settings.LOG_FLUSH_SECONDS:
                 self._flush()
                 last_flush = now
                 if stop is None:
@@ -321,10 +319,16 @@ class Supervisor:
     # Output handling -------------------------------------------------------------------
     def _take(self, stream: str, data: bytes) -> None:
         buffer = self.partial[stream] + data
-        lines = buffer.split(b"\n")
-        self.partial[stream] = lines.pop()
-        for line in lines:
-            self._line(stream, line + b"\n")
+        cut = buffer.rfind(b"\n") + 1
+        complete, self.partial[stream] = buffer[:cut], buffer[cut:]
+        if complete:
+            # Only stdout lines that start with "{" can be events; everything else goes to
+            # the log as one block, so heavy output costs one append, not one per line.
+            if stream == "stdout" and (complete.startswith(b"{") or b"\n{" in complete):
+                for line in complete.splitlines(keepends=True):
+                    self._line(stream, line)
+            else:
+                self._text(stream, complete)
         # No newline for a long time: store what we have so memory stays bounded.
         if len(self.partial[stream]) > MAX_EVENT_LINE:
             self._text(stream, self.partial[stream])
@@ -343,7 +347,7 @@ class Supervisor:
         self.pending[stream].append(text)
         self.pending_bytes += len(data)
         if self.pending_bytes >= settings.LOG_FLUSH_BYTES:
-            self._flush()
+            self._flush_log()
 
     def _system(self, text: str) -> None:
         self._flush()
@@ -384,12 +388,17 @@ class Supervisor:
             if len(self.environment["events"]) < 200:
                 self.environment["events"].append(event)
 
-    def _flush(self) -> None:
+    def _flush_log(self) -> None:
+        """Store pending output (at least every 64 KiB; the 1 s tick calls _flush)."""
         for stream in ("stdout", "stderr"):
             if self.pending[stream]:
                 self.log.write(stream, "".join(self.pending[stream]))
                 self.pending[stream] = []
         self.pending_bytes = 0
+
+    def _flush(self) -> None:
+        """Store pending output, metrics and progress, and the run's log counters."""
+        self._flush_log()
         updates: dict[str, object] = {}
         if self.metrics:
             Metric.objects.bulk_create(self.metrics, ignore_conflicts=True)
