@@ -163,3 +163,37 @@ def run_output_file(run: TunixRun, relative: str):
     if not path.is_file():
         raise NotFound("No such file in this run's outputs.")
     return path
+
+
+class _Spool:
+    """A write-only file object whose bytes are handed out as they accumulate."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def run_output_archive(run: TunixRun):
+    """The run's whole folder as a streamed .tar.gz (memory stays at one file's buffer).
+    Regular files only; symlinks are skipped so nothing outside the folder is read."""
+    import tarfile
+
+    from . import services
+
+    root = services.run_output_path(run)
+    spool = _Spool()
+    with tarfile.open(fileobj=spool, mode="w|gz") as archive:
+        if root.is_dir():
+            for path in sorted(root.rglob("*")):
+                if path.is_symlink() or not path.is_file():
+                    continue
+                archive.add(path, arcname=f"{root.name}/{path.relative_to(root)}", recursive=False)
+                yield spool.take()
+    yield spool.take()
