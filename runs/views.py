@@ -7,13 +7,18 @@ and htmx swaps the same markup in place.
 
 from __future__ import annotations
 
+from functools import wraps
+from urllib.parse import urlencode
+
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required as django_login_required
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from . import charts, selectors, services, tunix
 from .errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound, TunixUnavailable
@@ -25,6 +30,22 @@ HTMX_STOP_POLLING = 286
 LOG_TAIL_CHUNKS = 500
 LOG_POLL_CHUNKS = 500
 OUTPUT_FILES_SHOWN = 200
+
+
+def login_required(view):
+    """Django's login_required, except that an htmx request whose session ended sends the
+    whole page to the login form, instead of swapping the login form into a fragment."""
+    protected = django_login_required(view)
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.htmx and not request.user.is_authenticated:
+            back = request.htmx.current_url_abs_path or resolve_url("runs:list")
+            login = resolve_url(settings.LOGIN_URL)
+            return HttpResponseClientRedirect(f"{login}?{urlencode({'next': back})}")
+        return protected(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _fragment(request) -> bool:
@@ -92,11 +113,21 @@ def run_list(request):
     return _render(request, "runs/run_list.html", context, fragment="results")
 
 
+def _gone(request, run_id, template):
+    """The answer to a poll for a run deleted meanwhile: its fragment says so, polling stops."""
+    return render(request, template, {"run_id": run_id}, status=HTMX_STOP_POLLING)
+
+
 @login_required
 @require_GET
 def run_row(request, run_id):
     """One row of the run list; an active row polls this until its run is final."""
-    run = _run(request, run_id)
+    try:
+        run = _run(request, run_id)
+    except Http404:
+        if _fragment(request):
+            return _gone(request, run_id, "runs/run_list.html#gone")
+        raise
     if not _fragment(request):
         return redirect("runs:detail", run_id=run.id)
     return render(
@@ -218,7 +249,12 @@ def _chart(run):
 @login_required
 @require_GET
 def run_detail(request, run_id):
-    run = _run(request, run_id)
+    try:
+        run = _run(request, run_id)
+    except Http404:
+        if _fragment(request):
+            return _gone(request, run_id, "runs/run_detail.html#gone")
+        raise
     if _fragment(request):
         return _run_status(request, run)
     chunks, earlier = selectors.run_log_tail(run, limit=LOG_TAIL_CHUNKS)

@@ -141,8 +141,17 @@ def test_a_local_run_goes_pending_running_completed_with_its_log_live(
     start_cluster(workers=1, TUNIXRT_LAUNCHER_MODULE=LAUNCHER)
     expect(page.locator("#run-status")).to_have_text("Running", timeout=SLOW)
     expect(page.locator("#log-lines")).to_contain_text("short_job: loaded config", timeout=SLOW)
-    expect(page.locator("#log-lines")).to_contain_text("step 1/15")
+    # More lines than the log box shows: it keeps the newest in sight...
+    expect(page.locator("#log-lines")).to_contain_text("step 8/15", timeout=SLOW)
+    page.wait_for_function(
+        "() => { const box = document.getElementById('log');"
+        " return box.scrollHeight > box.clientHeight"
+        " && box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }"
+    )
+    # ...until the reader scrolls up: then new lines arrive without moving the view.
+    page.evaluate("document.getElementById('log').scrollTop = 0")
     expect(page.locator("#run-status")).to_have_text("Completed", timeout=SLOW)
+    assert page.evaluate("document.getElementById('log').scrollTop") == 0
     expect(page.locator("#log-lines")).to_contain_text("short_job: done")
     expect(page.locator("#run-exit-code")).to_have_text("0")
     expect(page.locator("#run-steps")).to_have_text("step 15 / 15")

@@ -593,3 +593,27 @@ def test_the_run_list_lets_me_pick_runs_to_compare(client, run_factory):
     html = client.get("/").content.decode()
     assert '<form id="compare-form" method="get" action="/runs/compare/">' in html
     assert f'name="run" value="{run.id}"' in html and 'form="compare-form"' in html
+
+
+def test_a_poll_after_the_session_ended_sends_the_whole_page_to_the_login_form(run_factory):
+    run = running_run(run_factory)
+    anonymous = Client()
+    response = anonymous.get(
+        f"/runs/{run.id}/?after=0",
+        headers={**HTMX, "HX-Current-URL": f"http://testserver/runs/{run.id}/"},
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == f"/accounts/login/?next=%2Fruns%2F{run.id}%2F"
+    assert response.content == b""
+
+
+def test_a_poll_for_a_run_deleted_meanwhile_stops_and_says_so(client, run_factory):
+    run = run_factory()
+    services.run_delete(run=run)
+    for url in (f"/runs/{run.id}/?after=0", f"/runs/{run.id}/row/"):
+        response = client.get(url, headers=HTMX)
+        assert response.status_code == HTMX_STOP_POLLING
+        assert "deleted" in response.content.decode() or "no longer exists" in (
+            response.content.decode()
+        )
+    assert client.get(f"/runs/{run.id}/").status_code == 404

@@ -2,19 +2,23 @@
 (function () {
   "use strict";
 
-  // The log follows its newest line unless the reader scrolled up to read something.
-  var follow = true;
+  // The log follows its newest line unless the reader scrolled up to read something:
+  // whether it was at the bottom is decided just before new lines are appended.
+  var wasAtBottom = true;
   function logBox() { return document.getElementById("log"); }
-  function toBottom() {
+  function atBottom(box) { return box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }
+  document.addEventListener("htmx:oobBeforeSwap", function () {
     var box = logBox();
-    if (box && follow) box.scrollTop = box.scrollHeight;
-  }
-  document.addEventListener("scroll", function (event) {
+    if (box) wasAtBottom = atBottom(box);
+  });
+  document.addEventListener("htmx:oobAfterSwap", function () {
     var box = logBox();
-    if (event.target === box) follow = box.scrollTop + box.clientHeight >= box.scrollHeight - 8;
-  }, true);
-  document.addEventListener("htmx:oobAfterSwap", toBottom);
-  document.addEventListener("DOMContentLoaded", toBottom);
+    if (box && wasAtBottom) box.scrollTop = box.scrollHeight;
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    var box = logBox();
+    if (box) box.scrollTop = box.scrollHeight;
+  });
 
   // Buttons that destroy or stop something ask first.
   document.addEventListener("submit", function (event) {

@@ -27,6 +27,8 @@ def main(config_path: str) -> int:
     for step in range(1, steps + 1):
         time.sleep(STEP_SECONDS)
         loss = 2.0 / step
+        for batch in range(1, 4):
+            print(f"  batch {step}.{batch}: {100 + batch} tokens", flush=True)
         print(f"step {step}/{steps} loss={loss:.4f}", flush=True)
         emit(event="progress", step=step, total_steps=steps)
         emit(event="metric", name="train/loss", step=step, value=loss)
