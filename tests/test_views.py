@@ -375,7 +375,10 @@ def test_the_run_page_shows_status_progress_log_chart_config_and_outputs(
     html = page.content.decode()
     assert page.status_code == 200 and is_full_page(page)
     assert 'id="run-status">Running<' in html and ">training<" in html
-    assert '<progress id="run-progress" max="10" value="3">' in html and "step 3 / 10" in html
+    assert (
+        '<progress id="run-progress" aria-label="Training progress" max="10" value="3">' in html
+        and "step 3 / 10" in html
+    )
     assert "first line" in html and "second line" in html
     # The poller asks for chunks after the last one shown and says how many points it has.
     assert f'hx-get="/runs/{run.id}/?after=2&amp;m=3"' in html and "every 2s" in html
@@ -617,3 +620,9 @@ def test_a_poll_for_a_run_deleted_meanwhile_stops_and_says_so(client, run_factor
             response.content.decode()
         )
     assert client.get(f"/runs/{run.id}/").status_code == 404
+
+
+def test_the_datasets_link_shows_once_the_datasets_pages_exist(client, settings):
+    assert 'href="/datasets/"' not in client.get("/").content.decode()
+    settings.ROOT_URLCONF = "tests.urls_with_datasets"
+    assert '<a href="/datasets/">Datasets</a>' in client.get("/").content.decode()
