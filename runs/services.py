@@ -13,6 +13,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -170,7 +171,16 @@ def _check_queue_limits(owner) -> None:
         )
 
 
-def run_create(
+@dataclass
+class RunPlan:
+    """A validated, resolved run that is not stored yet (see run_plan)."""
+
+    run: TunixRun
+    problem: str | None  # what is wrong with the dataset (a dry-run records it as failed)
+    rows: int | None  # valid rows, when the dataset's content was checked
+
+
+def run_plan(
     *,
     owner,
     dataset_key: str,
@@ -182,14 +192,14 @@ def run_create(
     name: str = "",
     parent: TunixRun | None = None,
     command: list[str] | None = None,
-) -> TunixRun:
-    """Validate and record a run.
+    check_dataset: bool = True,
+) -> RunPlan:
+    """Validate a run request and resolve its exact config and command, storing nothing.
 
-    A dry-run checks everything a local run would need, builds the exact config and
-    command, and finishes `completed` (or `failed`, naming the dataset problem) without
-    starting any process. A local run is validated the same way, then queued; bad input
-    raises InvalidInput and stores nothing. `command` replaces the Tunix launcher with
-    another argv; only trusted code (tests, benchmarks) passes it, never a request.
+    run_create records what this returns; the run form previews it. Bad input raises
+    InvalidInput; a local run also raises when the dataset is unusable or Tunix is
+    unavailable. `check_dataset=False` skips re-reading the dataset file (the form's live
+    preview calls this on every change; the config does not depend on the file's rows).
     """
     if mode not in RunMode.values:
         raise InvalidInput("Unknown mode.", fields={"mode": "Must be 'dry-run' or 'local'."})
@@ -223,8 +233,11 @@ def run_create(
 
     # Dataset checks: a dry-run records what is wrong; a local run refuses to queue.
     dataset = Dataset.objects.filter(key=dataset_key).first() if dataset_key else None
+    report = None
     if dataset is None:
         problem = f"Unknown dataset '{str(dataset_key)[:160]}'."
+    elif not check_dataset:
+        problem = None
     else:
         report = dataset_check(dataset)
         problem = None if report.ok else f"Dataset {dataset.key} is not usable: {report.summary()}."
@@ -247,7 +260,6 @@ def run_create(
         hyperparameters=hp,
         resume_checkpoint_dir=resume_dir,
     )
-    now = timezone.now()
     run = TunixRun(
         id=run_id,
         owner=owner,
@@ -266,6 +278,44 @@ def run_create(
         parent=parent,
         **hp,
     )
+    return RunPlan(run=run, problem=problem, rows=report.rows if report else None)
+
+
+def run_create(
+    *,
+    owner,
+    dataset_key: str,
+    model_id: str,
+    mode: str = RunMode.DRY_RUN,
+    hyperparameters: dict[str, Any] | None = None,
+    output_dir: str | None = None,
+    timeout_seconds: int | None = None,
+    name: str = "",
+    parent: TunixRun | None = None,
+    command: list[str] | None = None,
+) -> TunixRun:
+    """Validate and record a run.
+
+    A dry-run checks everything a local run would need, builds the exact config and
+    command, and finishes `completed` (or `failed`, naming the dataset problem) without
+    starting any process. A local run is validated the same way, then queued; bad input
+    raises InvalidInput and stores nothing. `command` replaces the Tunix launcher with
+    another argv; only trusted code (tests, benchmarks) passes it, never a request.
+    """
+    plan = run_plan(
+        owner=owner,
+        dataset_key=dataset_key,
+        model_id=model_id,
+        mode=mode,
+        hyperparameters=hyperparameters,
+        output_dir=output_dir,
+        timeout_seconds=timeout_seconds,
+        name=name,
+        parent=parent,
+        command=command,
+    )
+    run, problem = plan.run, plan.problem
+    now = timezone.now()
     if mode == RunMode.DRY_RUN:
         run.started_at = run.finished_at = now
         run.phase = "done"
@@ -275,7 +325,7 @@ def run_create(
         else:
             run.status = RunStatus.COMPLETED
             run.message = (
-                f"Dry-run passed: {report.rows} valid rows; the config and command below are "
+                f"Dry-run passed: {plan.rows} valid rows; the config and command below are "
                 "what a local run would execute. Nothing was executed."
             )
         run.save()

@@ -6,5 +6,14 @@ app_name = "runs"
 
 urlpatterns = [
     path("", views.run_list, name="list"),
+    path("runs/new/", views.run_new, name="new"),
+    path("runs/new/validate/", views.run_validate, name="validate"),
+    path("runs/new/preview/", views.run_preview, name="preview"),
+    path("runs/compare/", views.run_compare, name="compare"),
     path("runs/<uuid:run_id>/", views.run_detail, name="detail"),
+    path("runs/<uuid:run_id>/row/", views.run_row, name="row"),
+    path("runs/<uuid:run_id>/cancel/", views.run_cancel, name="cancel"),
+    path("runs/<uuid:run_id>/delete/", views.run_delete, name="delete"),
+    path("runs/<uuid:run_id>/log.txt", views.run_log, name="log"),
+    path("runs/<uuid:run_id>/files/<path:relative>", views.run_file, name="file"),
 ]

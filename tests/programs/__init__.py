@@ -1,0 +1,1 @@
+"""Small real programs that tests run as training children (they import no Django)."""
