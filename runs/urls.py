@@ -16,4 +16,6 @@ urlpatterns = [
     path("runs/<uuid:run_id>/delete/", views.run_delete, name="delete"),
     path("runs/<uuid:run_id>/log.txt", views.run_log, name="log"),
     path("runs/<uuid:run_id>/files/<path:relative>", views.run_file, name="file"),
+    path("runs/<uuid:run_id>/outputs.tar.gz", views.run_archive, name="archive"),
+    path("runs/<uuid:run_id>/continue/", views.run_continue, name="continue"),
 ]

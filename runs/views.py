@@ -21,7 +21,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from . import charts, selectors, services, tunix
-from .errors import Conflict, Forbidden, InvalidInput, LimitExceeded, NotFound, TunixUnavailable
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    ServiceError,
+    TunixUnavailable,
+)
 from .forms import RunForm
 from .models import RunMode, RunStatus
 
@@ -267,6 +275,7 @@ def run_detail(request, run_id):
         "chart": _chart(run),
         "queue_position": selectors.queue_position(run),
         "checkpoints": services.run_checkpoints(run),
+        "resume_step": services.run_latest_checkpoint(run),
         "files": selectors.run_output_files(run, limit=OUTPUT_FILES_SHOWN),
         "polling": run.is_active,
     }
@@ -296,6 +305,7 @@ def _run_status(request, run):
     }
     if final:
         context["checkpoints"] = services.run_checkpoints(run)
+        context["resume_step"] = services.run_latest_checkpoint(run)
         context["files"] = selectors.run_output_files(run, limit=OUTPUT_FILES_SHOWN)
     response = render(
         request,
@@ -348,6 +358,37 @@ def run_log(request, run_id):
     )
     response["Content-Disposition"] = f'attachment; filename="run-{run.id}.log"'
     return response
+
+
+@login_required
+@require_GET
+def run_archive(request, run_id):
+    """The run's whole output folder as a streamed .tar.gz."""
+    run = _run(request, run_id)
+    response = StreamingHttpResponse(
+        selectors.run_output_archive(run), content_type="application/gzip"
+    )
+    response["Content-Disposition"] = f'attachment; filename="run-{run.id}.tar.gz"'
+    return response
+
+
+@login_required
+@require_POST
+def run_continue(request, run_id):
+    """Continue a finished run from its latest complete checkpoint, as a new linked run."""
+    run = _run(request, run_id)
+    try:
+        max_steps = int(request.POST.get("max_steps", ""))
+    except ValueError:
+        messages.error(request, "Give the total number of steps to train to.")
+        return redirect("runs:detail", run_id=run.id)
+    try:
+        child = services.run_resume(run=run, owner=request.user, max_steps=max_steps)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("runs:detail", run_id=run.id)
+    messages.success(request, f"Continuing from step {child.resume_from_step}: run queued.")
+    return redirect("runs:detail", run_id=child.id)
 
 
 @login_required
