@@ -154,6 +154,12 @@ LOGOUT_REDIRECT_URL = "login"
 # Request bodies: JSON API bodies stay small; dataset uploads are streamed to disk.
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("TUNIXRT_MAX_BODY_BYTES", str(1024 * 1024))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# File parts are held to DATASET_MAX_BYTES while they stream (413 past it), then spooled.
+FILE_UPLOAD_HANDLERS = [
+    "runs.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # Production hardening: behind TLS (TUNIXRT_HTTPS=1) cookies are secure and HSTS is on.
 HTTPS = envbool("TUNIXRT_HTTPS", "0")
