@@ -57,9 +57,10 @@ def dataset_upload(request):
     try:
         return _dataset_upload(request)
     except PayloadTooLarge as exc:
-        form = DatasetUploadForm()
-        form.add_service_error(exc)
-        return _render_upload(request, form, status=exc.status_code)
+        # The body was not read to its end, so there is no form data to show again.
+        return _render_upload(
+            request, DatasetUploadForm(), status=exc.status_code, upload_error=exc.message
+        )
 
 
 @csrf_protect
@@ -89,10 +90,11 @@ def _dataset_upload(request):
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
-def _render_upload(request, form, *, status: int = 200):
+def _render_upload(request, form, *, status: int = 200, upload_error: str = ""):
     template = "datasets/upload.html#upload-form" if request.htmx else "datasets/upload.html"
     context = {
         "form": form,
+        "upload_error": upload_error,
         "max_bytes": settings.DATASET_MAX_BYTES,
         "max_line_bytes": settings.DATASET_MAX_LINE_BYTES,
     }

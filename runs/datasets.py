@@ -34,11 +34,17 @@ class RowError(ValueError):
 
 
 def human_bytes(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.4g} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    """'512 MiB' for a round size; '4.2 KiB (4299 bytes)' when rounding would hide it."""
+    value, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    if unit == "bytes":
+        return f"{n} bytes"
+    if value == int(value):
+        return f"{int(value)} {unit}"
+    return f"{value:.1f} {unit} ({n} bytes)"
 
 
 def json_type(value: Any) -> str:
