@@ -93,7 +93,7 @@ class PreviewQuery(Schema):
 
 @router.get(
     "/{key}/preview",
-    response={200: DatasetPreviewOut, 401: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+    response={200: DatasetPreviewOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
     summary="First rows, as stored and as rendered training text, with length statistics",
 )
 def dataset_preview(request, key: str, params: Query[PreviewQuery]):
@@ -112,7 +112,7 @@ def dataset_preview(request, key: str, params: Query[PreviewQuery]):
 
 @router.get(
     "/{key}/export",
-    response={200: None, 401: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+    response={200: None, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
     summary="Download the rendered training JSONL ({prompt, completion} per line)",
 )
 def dataset_export(request, key: str, family: Family | None = None, model_id: str | None = None):

@@ -189,10 +189,14 @@ def _render_detail(request, dataset: Dataset, *, fragment: bool = False, status:
         status = exc.status_code
         family, model = tunix.SUPPORTED_FAMILIES[0], None
     options["family"] = family
-    stats = selectors.dataset_truncation(
-        dataset, family=family, model=model, max_seq_length=options["max_seq_length"]
-    )
-    rows = selectors.dataset_preview_rows(dataset, family=family, limit=options["rows"])
+    try:
+        stats = selectors.dataset_truncation(
+            dataset, family=family, model=model, max_seq_length=options["max_seq_length"]
+        )
+        rows = selectors.dataset_preview_rows(dataset, family=family, limit=options["rows"])
+    except ServiceError as exc:  # the stored file went missing or was edited
+        errors["file"] = exc.message
+        status, stats, rows = exc.status_code, None, []
     for row in rows:
         row["json"] = json.dumps(row["data"], indent=2, ensure_ascii=False)
     context.update(
@@ -203,8 +207,8 @@ def _render_detail(request, dataset: Dataset, *, fragment: bool = False, status:
             "families": [(f, tunix.FAMILY_LABELS[f]) for f in tunix.SUPPORTED_FAMILIES],
             "local_models": tunix.local_models(),
             "stats": stats,
-            "sentence": selectors.truncation_sentence(stats),
-            "histogram": _histogram_svg(stats),
+            "sentence": selectors.truncation_sentence(stats) if stats else "",
+            "histogram": _histogram_svg(stats) if stats else {},
             "rows": rows,
             "can_delete": _can_delete(request.user, dataset),
             "seq_bounds": (_SEQ.minimum, _SEQ.maximum),
@@ -240,10 +244,10 @@ def dataset_export(request, key: str):
             family=request.GET.get("family") or None,
             model_id=request.GET.get("model_id") or None,
         )
-    except InvalidInput as exc:
+        return export_response(dataset, family)
+    except ServiceError as exc:
         messages.error(request, f"Cannot export: {exc.message}")
         return redirect("datasets:detail", key=dataset.key)
-    return export_response(dataset, family)
 
 
 @login_required

@@ -152,6 +152,7 @@ class HistogramBinOut(Schema):
 
 class DatasetStatsOut(Schema):
     rows: int
+    measured_rows: int = Field(..., description="Fewer than rows when tokens were sampled.")
     unit: Literal["tokens", "characters"]
     counted_with: str = Field(..., description="How lengths were counted, in words.")
     family: str

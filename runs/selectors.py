@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
 from . import datasets, tunix
-from .errors import Forbidden, InvalidInput, NotFound
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .models import Dataset, RunStatus, TunixRun
 
 
@@ -206,10 +207,30 @@ def dataset_choices() -> list[tuple[str, str]]:
     ]
 
 
-def dataset_file(dataset: Dataset):
+def dataset_file(dataset: Dataset) -> Path:
+    """The stored file of a dataset; Conflict when it has gone missing."""
     from . import services
+    from .paths import UnsafePath
 
-    return services.dataset_path(dataset)
+    try:
+        path = services.dataset_path(dataset)
+    except UnsafePath:
+        path = None
+    if path is None or not path.is_file():
+        raise Conflict(f"The file of dataset {dataset.key} is missing from the datasets folder.")
+    return path
+
+
+@contextlib.contextmanager
+def _reading(dataset: Dataset):
+    """Turn a stored file that no longer parses (edited after import) into Conflict."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Conflict(
+            f"The file of dataset {dataset.key} changed since it was imported "
+            f"({type(exc).__name__}); import it again as a new version."
+        ) from exc
 
 
 def dataset_target(
@@ -232,10 +253,12 @@ def dataset_target(
 def dataset_preview_rows(dataset: Dataset, *, family: str, limit: int = 5) -> list[dict]:
     """The first rows as stored and as the exact training text (prompt masked)."""
     rows = []
-    for line, row in datasets.iter_numbered_rows(dataset_file(dataset)):
-        rows.append({"line": line, "data": row, **datasets.render_row(row, dataset.format, family)})
-        if len(rows) >= limit:
-            break
+    with _reading(dataset):
+        for line, row in datasets.iter_numbered_rows(dataset_file(dataset)):
+            rendered = datasets.render_row(row, dataset.format, family)
+            rows.append({"line": line, "data": row, **rendered})
+            if len(rows) >= limit:
+                break
     return rows
 
 
@@ -311,23 +334,29 @@ def dataset_length_stats(
     remembered per file hash, template and tokenizer, so changing max_seq_length is free."""
     tokenizer, note = model_tokenizer(model)
     tokenizer_key = None
+    every = 1
     if tokenizer is not None:
         stat = (Path(model.path) / "tokenizer.json").stat()
         tokenizer_key = (model.path, stat.st_mtime_ns, stat.st_size)
+        # Tokenizing runs at thousands of rows a second, not hundreds of thousands: past a
+        # bound, an evenly spaced sample keeps a page or a dry-run to seconds.
+        every = max(1, -(-dataset.row_count // max(1, settings.DATASET_STATS_MAX_TOKENIZED_ROWS)))
 
     def measure() -> datasets.LengthStats:
         rows = datasets.iter_rows(dataset_file(dataset))
-        if tokenizer is None:
-            return datasets.measure_lengths(rows, dataset.format, family)
-        return datasets.measure_lengths(
-            rows,
-            dataset.format,
-            family,
-            count=datasets.token_counter(tokenizer),
-            unit="tokens",
-        )
+        with _reading(dataset):
+            if tokenizer is None:
+                return datasets.measure_lengths(rows, dataset.format, family)
+            return datasets.measure_lengths(
+                rows,
+                dataset.format,
+                family,
+                count=datasets.token_counter(tokenizer),
+                unit="tokens",
+                every=every,
+            )
 
-    key = (dataset.pk, dataset.sha256, dataset.format, family, tokenizer_key)
+    key = (dataset.pk, dataset.sha256, dataset.format, family, tokenizer_key, every)
     return _cached(_length_stats, key, measure, size=32), note
 
 
@@ -343,16 +372,25 @@ def dataset_truncation(
     truncate (longer than it) and drop (the prompt alone fills it), the length
     distribution and a histogram, with the unit they are counted in."""
     stats, note = dataset_length_stats(dataset, family=family, model=model)
-    truncated = stats.truncated(max_seq_length)
+    truncated, dropped = stats.truncated(max_seq_length), stats.dropped(max_seq_length)
+    share = truncated / stats.rows if stats.rows else 0.0
+    rows = stats.rows
+    if stats.every > 1:
+        # A sample: scale to the whole file, and say so.
+        rows = dataset.row_count
+        note += f" Estimated from every {ordinal(stats.every)} row ({stats.rows} rows tokenized)."
+        truncated = round(share * rows)
+        dropped = round(dropped / stats.rows * rows) if stats.rows else 0
     return {
-        "rows": stats.rows,
+        "rows": rows,
+        "measured_rows": stats.rows,
         "unit": stats.unit,
         "counted_with": note,
         "family": family,
         "max_seq_length": max_seq_length,
         "truncated_rows": truncated,
-        "truncated_share": round(truncated / stats.rows, 4) if stats.rows else 0.0,
-        "dropped_rows": stats.dropped(max_seq_length),
+        "truncated_share": round(share, 4),
+        "dropped_rows": dropped,
         "min": min(stats.totals) if stats.rows else 0,
         "median": stats.percentile(0.5),
         "p95": stats.percentile(0.95),
@@ -362,6 +400,11 @@ def dataset_truncation(
             for start, end, count in stats.histogram(bins)
         ],
     }
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def truncation_sentence(figures: dict[str, Any]) -> str:

@@ -287,3 +287,13 @@ def test_the_openapi_schema_documents_the_multipart_upload(api):
     properties = body["multipart/form-data"]["schema"]["properties"]
     assert {"file", "name", "version", "format", "description"} <= set(properties)
     assert set(schema["paths"]["/api/datasets/{key}"]) == {"get", "delete"}
+
+
+def test_preview_and_export_of_a_dataset_whose_file_is_gone_are_409(api, dataset, settings):
+    (settings.DATASETS_DIR / dataset.file_path).unlink()
+    for path in ("/api/datasets/sample-v1/preview", "/api/datasets/sample-v1/export"):
+        response = api.get(path)
+        assert response.status_code == 409
+        assert response.json()["detail"] == (
+            "The file of dataset sample-v1 is missing from the datasets folder."
+        )

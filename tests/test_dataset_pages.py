@@ -218,3 +218,12 @@ def test_only_the_owner_or_staff_see_and_may_use_delete(client, other_user, data
     assert "/datasets/sample-v1/delete/" not in page
     assert client.post("/datasets/sample-v1/delete/").status_code == 403
     assert client.get("/datasets/sample-v1/delete/").status_code == 405
+
+
+def test_the_preview_of_a_dataset_whose_file_is_gone_says_so(browser_client, dataset, settings):
+    (settings.DATASETS_DIR / dataset.file_path).unlink()
+    response = browser_client.get("/datasets/sample-v1/")
+    assert response.status_code == 409
+    assert "is missing from the datasets folder" in response.content.decode()
+    response = browser_client.get("/datasets/sample-v1/export/", follow=True)
+    assert "Cannot export: The file of dataset sample-v1 is missing" in response.content.decode()

@@ -388,3 +388,39 @@ def test_the_import_command_names_the_bad_lines_and_stores_nothing(tmp_path, set
     assert "line 4: missing field 'completion'" in str(err.value)
     assert not Dataset.objects.exists()
     assert stored_files(settings.DATASETS_DIR) == []
+
+
+def test_token_stats_of_a_large_dataset_are_estimated_from_an_even_sample(
+    tokenizer_model, dataset, settings
+):
+    from tokenizers import Tokenizer
+
+    settings.DATASET_STATS_MAX_TOKENIZED_ROWS = 50
+    family, model = selectors.dataset_target(model_id=tokenizer_model)
+    figures = selectors.dataset_truncation(dataset, family=family, model=model, max_seq_length=100)
+    assert figures["rows"] == 240 and figures["measured_rows"] == 48
+    assert figures["counted_with"].endswith("Estimated from every 5th row (48 rows tokenized).")
+    tokenizer = Tokenizer.from_file(str(Path(model.path) / "tokenizer.json"))
+    rows = list(datasets.iter_rows(selectors.dataset_file(dataset)))[::5]
+    lengths = []
+    for row in rows:
+        r = datasets.render_row(row, dataset.format, family)
+        lengths.append(sum(len(tokenizer.encode(r[k], add_special_tokens=False).ids) for k in r))
+    share = sum(n > 100 for n in lengths) / 48
+    assert figures["truncated_share"] == round(share, 4)
+    assert figures["truncated_rows"] == round(share * 240)
+
+
+def test_a_stored_file_that_went_missing_or_was_edited_is_a_conflict(settings):
+    dataset = import_bytes(jsonl(PAIR, PAIR))
+    path = settings.DATASETS_DIR / dataset.file_path
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(Conflict) as err:
+        selectors.dataset_preview_rows(dataset, family="llama3")
+    assert "changed since it was imported (KeyError)" in err.value.message
+    with pytest.raises(Conflict):
+        selectors.dataset_truncation(dataset, family="llama3", max_seq_length=64)
+    path.unlink()
+    with pytest.raises(Conflict) as err:
+        selectors.dataset_rendered_lines(dataset, family="llama3")
+    assert err.value.message == "The file of dataset d-v1 is missing from the datasets folder."
