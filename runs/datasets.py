@@ -18,11 +18,6 @@ from typing import IO, Any
 from .tunix import CHAT_TEMPLATES
 
 FORMATS = ("reasoning", "prompt_completion", "messages")
-FORMAT_FIELDS = {
-    "reasoning": "'prompt', 'steps' and 'final_answer'",
-    "prompt_completion": "'prompt' and 'completion'",
-    "messages": "'messages'",
-}
 MAX_REPORTED_ERRORS = 20
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")

@@ -200,7 +200,8 @@ def datasets_list(*, q: str | None = None, format: str | None = None) -> QuerySe
 
 
 def dataset_choices() -> list[tuple[str, str]]:
-    """(key, label) pairs for the run form's dataset field: "sample-v1 (240 rows)"."""
+    """(key, label) pairs for the run form's dataset field:
+    ("sample-v1", "sample-v1 (240 rows, Reasoning traces)")."""
     return [
         (key, f"{key} ({rows} row{'s' if rows != 1 else ''}, {dict(Dataset.Format.choices)[fmt]})")
         for key, rows, fmt in datasets_all().values_list("key", "row_count", "format")
