@@ -12,7 +12,6 @@ from ninja.files import UploadedFile
 from . import selectors, services, tunix
 from .auth import api_auth
 from .dataset_views import export_response
-from .errors import InvalidInput
 from .schemas import DatasetOut, DatasetPageOut, DatasetPreviewOut, ErrorOut
 
 router = Router(auth=api_auth, tags=["datasets"])
@@ -29,7 +28,9 @@ class DatasetFilters(Schema):
     page_size: int = NField(50, ge=1, le=200)
 
 
-@router.get("", response={200: DatasetPageOut, 401: ErrorOut}, summary="List datasets")
+@router.get(
+    "", response={200: DatasetPageOut, 401: ErrorOut, 422: ErrorOut}, summary="List datasets"
+)
 def dataset_list(request, filters: Query[DatasetFilters]):
     found = selectors.datasets_list(q=filters.q, format=filters.format)
     page = selectors.paginate(found, page=filters.page, page_size=filters.page_size)
@@ -42,11 +43,12 @@ def dataset_list(request, filters: Query[DatasetFilters]):
     }
 
 
+_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class DatasetUploadIn(Schema):
-    # Every part is optional in the schema so that a missing one gets the service's field
-    # message, and an over-size body (which stops parsing early) gets 413, never a 422.
-    name: str = NField("", max_length=100, description="Letters, digits, '.', '_', '-'")
-    version: str = NField("", max_length=50, description="Letters, digits, '.', '_', '-'")
+    name: str = NField(..., min_length=1, max_length=100, pattern=_SEGMENT)
+    version: str = NField(..., min_length=1, max_length=50, pattern=_SEGMENT)
     format: Literal["", "reasoning", "prompt_completion", "messages"] = NField(
         "", description="Empty: detected from the first row."
     )
@@ -58,9 +60,8 @@ class DatasetUploadIn(Schema):
     response={201: DatasetOut, 401: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut},
     summary="Upload a JSONL dataset (multipart); validated before anything is stored",
 )
-def dataset_create(request, form: Form[DatasetUploadIn], file: File[UploadedFile | None] = None):
-    if file is None:
-        raise InvalidInput("Attach the JSONL file as 'file'.", fields={"file": "Required."})
+def dataset_create(request, form: Form[DatasetUploadIn], file: File[UploadedFile]):
+    # An over-size body never gets here: runs.uploads stops it while it streams (413).
     dataset = services.dataset_import(
         source=file,
         name=form.name,

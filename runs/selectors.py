@@ -177,14 +177,17 @@ def run_output_file(run: TunixRun, relative: str):
 
 def dataset_get(key: str) -> Dataset:
     """The dataset by key (looked up, never joined into a path), or NotFound."""
-    dataset = (
-        Dataset.objects.select_related("owner")
-        .annotate(run_count=Count("tunixrun"))
-        .filter(key=str(key)[:160])
-        .first()
-    )
+    key = str(key)[:160]
+    dataset = None
+    if "\x00" not in key:  # PostgreSQL refuses NUL in a query; no key holds one
+        dataset = (
+            Dataset.objects.select_related("owner")
+            .annotate(run_count=Count("tunixrun"))
+            .filter(key=key)
+            .first()
+        )
     if dataset is None:
-        raise NotFound(f"No dataset '{str(key)[:160]}'.")
+        raise NotFound(f"No dataset '{key}'.")
     return dataset
 
 
@@ -194,7 +197,7 @@ def datasets_list(*, q: str | None = None, format: str | None = None) -> QuerySe
     if format:
         datasets = datasets.filter(format=format)
     if q:
-        q = q.strip()[:100]
+        q = q.replace("\x00", "").strip()[:100]
         datasets = datasets.filter(Q(key__icontains=q) | Q(description__icontains=q))
     return datasets.order_by("name", "version")
 

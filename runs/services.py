@@ -81,6 +81,8 @@ def dataset_import(
         fields["format"] = f"Must be one of: {', '.join(datasets.FORMATS)}."
     if not isinstance(description, str) or len(description) > 2000:
         fields["description"] = "At most 2000 characters."
+    elif "\x00" in description:  # PostgreSQL text cannot hold NUL
+        fields["description"] = "Must not contain NUL characters."
     if fields:
         raise InvalidInput("The dataset name, version or format is not valid.", fields=fields)
     key = f"{name}-{version}"

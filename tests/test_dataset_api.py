@@ -156,13 +156,14 @@ def test_a_session_upload_over_the_limit_is_413_too(user, settings):
     assert nothing_stored(settings)
 
 
-def test_a_missing_file_or_bad_name_is_a_field_error(api, settings):
+def test_a_missing_file_or_bad_name_is_a_422_naming_the_field(api, settings):
     response = upload(api, None)
     assert response.status_code == 422
-    assert response.json()["fields"] == {"file": "Required."}
-    response = upload(api, jsonl(PAIR), name="../etc")
-    assert response.status_code == 422
-    assert "name" in response.json()["fields"]
+    assert [e["loc"] for e in response.json()["detail"]] == [["file", "file"]]
+    for name in ("../etc", "-x", ""):
+        response = upload(api, jsonl(PAIR), name=name)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"][-1] == "name"
     assert nothing_stored(settings)
 
 
