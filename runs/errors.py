@@ -32,3 +32,7 @@ class LimitExceeded(ServiceError):
 
 class TunixUnavailable(ServiceError):
     status_code = 501
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413

@@ -102,3 +102,74 @@ class RunPageOut(Schema):
     page: int
     page_size: int
     pages: int
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+
+class DatasetOut(Schema):
+    key: str
+    name: str
+    version: str
+    format: Literal["reasoning", "prompt_completion", "messages"]
+    row_count: int
+    size_bytes: int
+    sha256: str
+    description: str
+    owner: str | None
+    created_at: datetime
+    run_count: int = Field(0, description="Runs that refer to this dataset.")
+
+    @staticmethod
+    def resolve_owner(obj) -> str | None:
+        return obj.owner.username if obj.owner_id else None
+
+    @staticmethod
+    def resolve_run_count(obj) -> int:
+        return getattr(obj, "run_count", 0)
+
+
+class DatasetPageOut(Schema):
+    items: list[DatasetOut]
+    count: int
+    page: int
+    page_size: int
+    pages: int
+
+
+class DatasetRowOut(Schema):
+    line: int = Field(..., description="Line number in the stored file.")
+    data: dict[str, Any] = Field(..., description="The row as stored.")
+    prompt: str = Field(..., description="Training text masked from the loss.")
+    completion: str = Field(..., description="Training text the loss is computed on.")
+
+
+class HistogramBinOut(Schema):
+    start: int
+    end: int = Field(..., description="Exclusive.")
+    count: int
+
+
+class DatasetStatsOut(Schema):
+    rows: int
+    measured_rows: int = Field(..., description="Fewer than rows when tokens were sampled.")
+    unit: Literal["tokens", "characters"]
+    counted_with: str = Field(..., description="How lengths were counted, in words.")
+    family: str
+    max_seq_length: int
+    truncated_rows: int = Field(..., description="Rows longer than max_seq_length.")
+    truncated_share: float
+    dropped_rows: int = Field(..., description="Rows whose prompt alone fills max_seq_length.")
+    min: int
+    median: int
+    p95: int
+    max: int
+    histogram: list[HistogramBinOut]
+
+
+class DatasetPreviewOut(Schema):
+    dataset: DatasetOut
+    family: str
+    model_id: str | None
+    rows: list[DatasetRowOut]
+    stats: DatasetStatsOut

@@ -3,6 +3,7 @@ commands and queue tasks call these; none of them holds logic of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,12 +20,20 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import datasets, tunix
-from .errors import Conflict, InvalidInput, LimitExceeded, NotFound, TunixUnavailable
+from . import datasets, selectors, tunix
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    PayloadTooLarge,
+    TunixUnavailable,
+)
 from .models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -53,16 +62,28 @@ def dataset_import(
 ) -> Dataset:
     """Validate a JSONL stream and register it as dataset `name-version`.
 
-    The bytes are validated and copied to a temporary file in one pass; only a valid file
-    is moved into place, and a rejected one leaves nothing behind (no row, no file).
+    The bytes are validated, hashed and copied to a temporary file in one streaming pass;
+    only a valid file is moved into place, and a rejected one leaves nothing behind (no
+    row, no file, no folder). Errors name the line and the field (422); a file over
+    DATASET_MAX_BYTES is 413; an existing key is 409 (versions are immutable).
     """
     fields = {}
+    name = name.strip() if isinstance(name, str) else name
+    version = version.strip() if isinstance(version, str) else version
     if not is_safe_segment(name) or len(name) > 100:
-        fields["name"] = "Use letters, digits, '.', '_' and '-' (start with a letter or digit)."
+        fields["name"] = (
+            "Use 1-100 letters, digits, '.', '_' and '-', starting with a letter or digit."
+        )
     if not is_safe_segment(version) or len(version) > 50:
-        fields["version"] = "Use letters, digits, '.', '_' and '-' (start with a letter or digit)."
+        fields["version"] = (
+            "Use 1-50 letters, digits, '.', '_' and '-', starting with a letter or digit."
+        )
     if declared_format not in (None, "", *datasets.FORMATS):
         fields["format"] = f"Must be one of: {', '.join(datasets.FORMATS)}."
+    if not isinstance(description, str) or len(description) > 2000:
+        fields["description"] = "At most 2000 characters."
+    elif "\x00" in description:  # PostgreSQL text cannot hold NUL
+        fields["description"] = "Must not contain NUL characters."
     if fields:
         raise InvalidInput("The dataset name, version or format is not valid.", fields=fields)
     key = f"{name}-{version}"
@@ -71,13 +92,15 @@ def dataset_import(
 
     root = Path(settings.DATASETS_DIR).resolve()
     final_path = safe_relative(root, f"{name}/{version}.jsonl")
-    final_path.parent.mkdir(parents=True, exist_ok=True)
     chunks = datasets.read_chunks(source) if hasattr(source, "read") else source
-    # Closed by the `with handle` below; delete=False because a valid file is renamed.
+    # In the root, not the dataset's folder, so a rejected file leaves no empty folder;
+    # same filesystem, so the final move is an atomic rename. delete=False because a
+    # valid file is renamed; the `with handle` closes it.
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
-        dir=final_path.parent, suffix=".part", delete=False
+        dir=root, prefix=".import-", suffix=".part", delete=False
     )
     tmp_path = Path(handle.name)
+    created_folder = False
     try:
         with handle:
             report = datasets.validate_stream(
@@ -87,29 +110,82 @@ def dataset_import(
                 max_line_bytes=settings.DATASET_MAX_LINE_BYTES,
                 sink=handle,
             )
+        if report.too_large:
+            limit = datasets.human_bytes(settings.DATASET_MAX_BYTES)
+            raise PayloadTooLarge(
+                f"The file is larger than the dataset limit of {limit}.",
+                fields={"file": f"Larger than the limit of {limit}."},
+            )
         if not report.ok:
             raise InvalidInput(
-                f"Dataset rejected: {report.summary()}",
-                fields={"file": report.summary()},
+                f"Dataset rejected: {report.summary()}", fields={"file": report.details()}
             )
-        with transaction.atomic():
-            dataset = Dataset.objects.create(
-                key=key,
-                name=name,
-                version=version,
-                format=report.format,
-                file_path=str(final_path.relative_to(root)),
-                row_count=report.rows,
-                size_bytes=report.size_bytes,
-                sha256=report.sha256,
-                owner=owner,
-                description=description,
-            )
-            os.replace(tmp_path, final_path)
+        try:
+            with transaction.atomic():
+                dataset = Dataset.objects.create(
+                    key=key,
+                    name=name,
+                    version=version,
+                    format=report.format,
+                    file_path=str(final_path.relative_to(root)),
+                    row_count=report.rows,
+                    size_bytes=report.size_bytes,
+                    sha256=report.sha256,
+                    owner=owner,
+                    description=description,
+                )
+                if not final_path.parent.exists():
+                    final_path.parent.mkdir()
+                    created_folder = True
+                os.replace(tmp_path, final_path)
+        except IntegrityError as exc:
+            # Another import of the same key committed between our check and our insert.
+            raise Conflict(f"Dataset {key} already exists; versions are immutable.") from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        if created_folder:
+            final_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                final_path.parent.rmdir()
         raise
     return dataset
+
+
+def dataset_delete(*, dataset: Dataset, user) -> None:
+    """Delete a dataset: its row, then (once that has committed) its file.
+
+    Only its owner or staff may; refused (409) while any run refers to it, since a rerun
+    or a pending run would need the file. Runs keep the key and hash either way.
+    """
+    if not (user.is_staff or (dataset.owner_id is not None and dataset.owner_id == user.id)):
+        raise Forbidden("Only the dataset's owner or staff can delete it.")
+    with transaction.atomic():
+        locked = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
+        if locked is None:
+            raise NotFound("No such dataset.")
+        runs = TunixRun.objects.filter(dataset=locked)
+        used = runs.count()
+        if used:
+            active = runs.filter(status__in=ACTIVE_STATUSES).count()
+            detail = f", {active} of them active" if active else ""
+            raise Conflict(
+                f"Dataset {locked.key} is used by {used} run{'s' if used != 1 else ''}{detail}; "
+                "delete those runs first."
+            )
+        try:
+            path = dataset_path(locked)
+        except UnsafePath:
+            path = None
+        locked.delete()
+
+        def remove_file() -> None:
+            if path is None:
+                return
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when no other version is left in it
+
+        transaction.on_commit(remove_file)
 
 
 def dataset_path(dataset: Dataset) -> Path:
@@ -138,11 +214,14 @@ def dataset_check(dataset: Dataset) -> datasets.ValidationReport:
 
 
 def dataset_render_to(dataset: Dataset, family: str, target: Path) -> int:
-    """Write the rendered {prompt, completion} rows the launcher trains on."""
+    """Write the rendered {prompt, completion} rows the launcher trains on (the same lines
+    the dataset page exports)."""
     count = 0
     with open(target, "w", encoding="utf-8") as out:
-        for row in datasets.iter_rows(dataset_path(dataset)):
-            out.write(json.dumps(datasets.render_row(row, dataset.format, family)) + "\n")
+        for line in datasets.rendered_lines(
+            datasets.iter_rows(dataset_path(dataset)), dataset.format, family
+        ):
+            out.write(line)
             count += 1
     return count
 
@@ -328,6 +407,12 @@ def run_create(
                 f"Dry-run passed: {plan.rows} valid rows; the config and command below are "
                 "what a local run would execute. Nothing was executed."
             )
+            figures = _dry_run_dataset_stats(
+                run.dataset, tunix.parse_model_ref(run.model_id), run.max_seq_length
+            )
+            if figures is not None:
+                run.environment = {**run.environment, "dataset_stats": figures}
+                run.message += " " + selectors.truncation_sentence(figures)
         run.save()
         return run
 
@@ -340,6 +425,20 @@ def run_create(
         run.save()
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
+
+
+def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict | None:
+    """The truncation figure a dry-run reports (see selectors.dataset_truncation), without
+    the histogram. A failure here must not fail the dry-run: it is logged and left out."""
+    try:
+        figures = selectors.dataset_truncation(
+            dataset, family=model.family, model=model, max_seq_length=max_seq_length
+        )
+    except Exception:
+        log.exception("dataset statistics for dry-run on %s failed", dataset.key)
+        return None
+    figures.pop("histogram", None)
+    return figures
 
 
 def _environment_from_probe(status: tunix.TunixStatus | None) -> dict[str, Any]:

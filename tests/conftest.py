@@ -126,6 +126,18 @@ def tiny_model_dir(settings):
     return "local:tiny-llama3"
 
 
+@pytest.fixture
+def tokenizer_model(tiny_model_dir, settings):
+    """The tiny local model with a real byte-level BPE tokenizer.json beside its config
+    (trained on the sample's strings; needs the `tokenizers` package of the tunix extra)."""
+    pytest.importorskip("tokenizers")
+    from runs import tinymodel
+
+    tokenizer = tinymodel.train_tokenizer(tinymodel.read_texts(SAMPLE), vocab_size=400)
+    tokenizer.save(str(Path(settings.MODELS_DIR) / "tiny-llama3" / "tokenizer.json"))
+    return tiny_model_dir
+
+
 @pytest.fixture(scope="session")
 def python_without_tunix(tmp_path_factory):
     """A real interpreter that has no Tunix: a bare virtual environment."""

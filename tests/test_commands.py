@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 def test_import_dataset_registers_name_version_with_hash_and_rows():
     out = io.StringIO()
-    call_command("import_dataset", str(SAMPLE), name="math", dataset_version="v1", stdout=out)
+    call_command("import_dataset", str(SAMPLE), name="math", version="v1", stdout=out)
     dataset = Dataset.objects.get(key="math-v1")
     assert dataset.row_count == 240 and dataset.format == "reasoning"
     assert len(dataset.sha256) == 64
@@ -22,15 +22,13 @@ def test_import_dataset_registers_name_version_with_hash_and_rows():
 
 
 def test_import_dataset_refuses_an_existing_version_and_a_bad_file(tmp_path):
-    call_command(
-        "import_dataset", str(SAMPLE), name="math", dataset_version="v1", stdout=io.StringIO()
-    )
+    call_command("import_dataset", str(SAMPLE), name="math", version="v1", stdout=io.StringIO())
     with pytest.raises(CommandError, match="already exists"):
-        call_command("import_dataset", str(SAMPLE), name="math", dataset_version="v1")
+        call_command("import_dataset", str(SAMPLE), name="math", version="v1")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": 3, "completion": "c"}\n')
     with pytest.raises(CommandError, match="line 2: field 'prompt' must be a string"):
-        call_command("import_dataset", str(bad), name="bad", dataset_version="v1")
+        call_command("import_dataset", str(bad), name="bad", version="v1")
     assert not Dataset.objects.filter(name="bad").exists()
 
 

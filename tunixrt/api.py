@@ -5,6 +5,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 
 from runs.api import router as runs_router
+from runs.dataset_api import router as datasets_router
 from runs.errors import ServiceError
 
 api = NinjaAPI(
@@ -18,6 +19,7 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", runs_router)
+api.add_router("/datasets", datasets_router)
 
 
 @api.exception_handler(ServiceError)

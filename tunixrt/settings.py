@@ -154,6 +154,12 @@ LOGOUT_REDIRECT_URL = "login"
 # Request bodies: JSON API bodies stay small; dataset uploads are streamed to disk.
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("TUNIXRT_MAX_BODY_BYTES", str(1024 * 1024))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# File parts are held to DATASET_MAX_BYTES while they stream (413 past it), then spooled.
+FILE_UPLOAD_HANDLERS = [
+    "runs.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # Production hardening: behind TLS (TUNIXRT_HTTPS=1) cookies are secure and HSTS is on.
 HTTPS = envbool("TUNIXRT_HTTPS", "0")
@@ -211,6 +217,9 @@ MAX_QUEUED_RUNS_TOTAL = envint("TUNIXRT_MAX_QUEUED_RUNS_TOTAL", "200")
 RETENTION_DAYS = envint("TUNIXRT_RETENTION_DAYS", "30")
 DATASET_MAX_BYTES = envint("TUNIXRT_DATASET_MAX_BYTES", str(512 * 1024 * 1024))
 DATASET_MAX_LINE_BYTES = envint("TUNIXRT_DATASET_MAX_LINE_BYTES", str(1024 * 1024))
+# Length statistics in tokens (preview, dry-run) tokenize at most this many rows, evenly
+# spaced, and scale; counting characters always reads every row.
+DATASET_STATS_MAX_TOKENIZED_ROWS = envint("TUNIXRT_DATASET_STATS_MAX_TOKENIZED_ROWS", "20000")
 
 # django-q2. One queue worker process executes one run at a time, so the number of workers
 # is the number of runs a host trains at once (think GPU slots). A task lives as long as

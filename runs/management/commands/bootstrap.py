@@ -32,9 +32,7 @@ class Command(BaseCommand):
                     f"(also saved to {note}; change it in the admin)"
                 )
             )
-        call_command(
-            "import_dataset", str(SAMPLE), name="sample", dataset_version="v1", if_missing=True
-        )
+        call_command("import_dataset", str(SAMPLE), name="sample", version="v1", if_missing=True)
         from runs import services
 
         services.schedules_ensure()

@@ -10,14 +10,15 @@ from runs.errors import ServiceError
 class Command(BaseCommand):
     help = "Validate a JSONL file and register it as dataset NAME-VERSION."
 
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        # Our --version is the dataset's version; it replaces Django's program --version.
-        return super().create_parser(prog_name, subcommand, conflict_handler="resolve", **kwargs)
+    def add_base_argument(self, parser, *args, **kwargs):
+        # Our --version is the dataset's version; Django's own --version would clash.
+        if "--version" not in args:
+            super().add_base_argument(parser, *args, **kwargs)
 
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
         parser.add_argument("--name", required=True)
-        parser.add_argument("--version", required=True, dest="dataset_version")
+        parser.add_argument("--version", required=True)
         parser.add_argument("--format", choices=["reasoning", "prompt_completion", "messages"])
         parser.add_argument("--description", default="")
         parser.add_argument("--owner", help="Username recorded as the dataset's owner.")
@@ -25,10 +26,10 @@ class Command(BaseCommand):
             "--if-missing", action="store_true", help="Do nothing when the dataset exists."
         )
 
-    def handle(self, *args, file: Path, name, dataset_version, **options):
+    def handle(self, *args, file: Path, name, version, **options):
         from runs.models import Dataset
 
-        key = f"{name}-{dataset_version}"
+        key = f"{name}-{version}"
         if options["if_missing"] and Dataset.objects.filter(key=key).exists():
             self.stdout.write(f"Dataset {key} already exists.")
             return
@@ -44,13 +45,17 @@ class Command(BaseCommand):
                 dataset = services.dataset_import(
                     source=handle,
                     name=name,
-                    version=dataset_version,
+                    version=version,
                     owner=owner,
                     declared_format=options["format"],
                     description=options["description"],
                 )
         except ServiceError as exc:
-            details = "".join(f"\n  {k}: {v}" for k, v in exc.fields.items())
+            # One error per line, indented under the field it concerns.
+            details = "".join(
+                f"\n  {field}:" + "".join(f"\n    {line}" for line in str(text).splitlines())
+                for field, text in exc.fields.items()
+            )
             raise CommandError(exc.message + details) from exc
         self.stdout.write(
             self.style.SUCCESS(
