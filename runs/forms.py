@@ -58,9 +58,7 @@ class RunForm(forms.Form):
         super().__init__(*args, **kwargs)
         for name, bound in tunix.HYPERPARAMETERS.items():
             self.fields[name] = _hyperparameter_field(name, bound)
-        self.fields["dataset_key"].choices = [
-            (d.key, f"{d.key} ({d.row_count:,} rows)") for d in selectors.datasets_all()
-        ]
+        self.fields["dataset_key"].choices = selectors.dataset_choices()
         # Built here, not on the class, because its maximum is a setting.
         self.fields["timeout_seconds"] = forms.IntegerField(
             label="Timeout (seconds)",
