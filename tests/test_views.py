@@ -208,7 +208,7 @@ def test_the_form_shows_datasets_with_row_counts_models_and_bounds(
     page = client.get("/runs/new/")
     html = page.content.decode()
     assert page.status_code == 200 and is_full_page(page)
-    assert "sample-v1 (240 rows)" in html
+    assert "sample-v1 (240 rows, Reasoning traces)" in html
     assert '<option value="local:tiny-llama3">' in html
     assert re.search(r'name="learning_rate"[^>]*max="1\.0"', html)
     assert re.search(r'name="learning_rate"[^>]*min="1e-08"', html)
