@@ -264,3 +264,31 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class FolderDeletion(models.Model):
+    """A run folder still to be removed from disk after its run's rows were deleted.
+
+    Rows and files cannot share a transaction. This record is written in the transaction
+    that deletes the run's rows and removed once the folder is gone, so a crash between the
+    two leaves a record that a later retention pass finishes (see runs/retention.py).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # Relative to settings.ARTIFACTS_DIR, as TunixRun.output_dir was.
+    path = models.CharField(max_length=255)
+    run_id = models.UUIDField(help_text="The deleted run (kept for the record; no foreign key).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Who works on it: set by the pass that removes the folder; a claim older than the lease
+    # (the pass died) lets a later pass take it over.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # Leftovers: WHERE claimed_at IS NULL OR claimed_at < ?.
+            models.Index(fields=["claimed_at"], name="folderdeletion_claimed"),
+        ]
+
+    def __str__(self) -> str:
+        return self.path
