@@ -227,17 +227,16 @@ class TunixRunAdmin(admin.ModelAdmin):
             return "No metrics."
         body = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}–{}</td><td>{:.6g}</td><td>{:.6g}</td>"
-            "<td>{:.6g}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}–{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     r["name"],
                     r["points"],
                     r["first_step"],
                     r["last_step"],
-                    r["last"],
-                    r["min"],
-                    r["max"],
+                    f"{r['last']:.6g}",
+                    f"{r['min']:.6g}",
+                    f"{r['max']:.6g}",
                 )
                 for r in rows
             ),
@@ -301,7 +300,7 @@ class TunixRunAdmin(admin.ModelAdmin):
 
     def _set_pinned(self, request, queryset, pinned: bool):
         changed = 0
-        for run in queryset.only("id", "pinned"):
+        for run in queryset:
             try:
                 services.run_set_pinned(run=run, pinned=pinned)
                 changed += 1
