@@ -267,20 +267,20 @@ class ApiToken(models.Model):
 
 
 class FolderDeletion(models.Model):
-    """A run folder still to be removed from disk after its run's rows were deleted.
+    """Run folders still to be removed from disk after their runs' rows were deleted.
 
-    Rows and files cannot share a transaction. This record is written in the transaction
-    that deletes the run's rows and removed once the folder is gone, so a crash between the
-    two leaves a record that a later retention pass finishes (see runs/retention.py).
+    Rows and files cannot share a transaction. One record is written in each transaction
+    that deletes runs (one per retention batch, so 500 runs cost one row, not 500) and
+    removed once its folders are gone, so a crash between the two leaves a record that a
+    later retention pass finishes (see runs/retention.py).
     """
 
     id = models.BigAutoField(primary_key=True)
-    # Relative to settings.ARTIFACTS_DIR, as TunixRun.output_dir was.
-    path = models.CharField(max_length=255)
-    run_id = models.UUIDField(help_text="The deleted run (kept for the record; no foreign key).")
+    # Relative to settings.ARTIFACTS_DIR, as the runs' output_dir were.
+    paths = models.JSONField(default=list)
     created_at = models.DateTimeField(auto_now_add=True)
-    # Who works on it: set by the pass that removes the folder; a claim older than the lease
-    # (the pass died) lets a later pass take it over.
+    # Set by the pass that removes the folders; a claim older than the lease (that pass
+    # died, or a folder would not go) lets a later pass take the record over.
     claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -291,4 +291,4 @@ class FolderDeletion(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.path
+        return f"{len(self.paths)} folders, from {self.created_at:%Y-%m-%d %H:%M}"

@@ -414,7 +414,9 @@ def remove_tree(path: Path) -> int:
     """Delete a run's folder; returns the bytes freed. Never follows a symlink out."""
     if not path.exists():
         return 0
-    freed = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    freed = retention.folder_size(
+        path
+    )  # os.walk + lstat: a retention pass calls this 100,000s of times
     shutil.rmtree(path, ignore_errors=True)
     return freed
 

@@ -121,6 +121,40 @@ def test_unpinning_makes_a_run_prunable_again(run_factory):
 
 
 @pytest.mark.django_db
+def test_a_pruned_parent_leaves_its_continued_runs_in_place_unlinked(run_factory):
+    parent = make_run(run_factory, finished=timezone.now() - 60 * DAY)
+    child = make_run(run_factory, finished=timezone.now())
+    TunixRun.objects.filter(id=child.id).update(parent=parent)
+    assert services.runs_prune(older_than_days=30).runs == 1
+    child.refresh_from_db()
+    assert child.parent_id is None and not exists(parent)
+
+
+@pytest.mark.django_db
+def test_runs_go_through_the_orm_when_something_listens_for_their_deletion(run_factory):
+    from django.db.models.signals import post_delete
+
+    seen = []
+    post_delete.connect(
+        lambda sender, instance, **kwargs: seen.append(instance.id),
+        sender=TunixRun,
+        weak=False,
+        dispatch_uid="test-prune-listener",
+    )
+    try:
+        parent = make_run(run_factory, finished=timezone.now() - 60 * DAY)
+        child = make_run(run_factory, finished=timezone.now())
+        TunixRun.objects.filter(id=child.id).update(parent=parent)
+        summary = services.runs_prune(older_than_days=30)
+    finally:
+        post_delete.disconnect(sender=TunixRun, dispatch_uid="test-prune-listener")
+    assert seen == [parent.id]
+    assert (summary.runs, summary.log_chunks, summary.metrics) == (1, 3, 2)
+    child.refresh_from_db()
+    assert child.parent_id is None and not folder(parent).exists()
+
+
+@pytest.mark.django_db
 def test_a_dry_run_counts_what_would_go_and_changes_nothing(run_factory):
     old = timezone.now() - 60 * DAY
     runs = [make_run(run_factory, finished=old) for _ in range(3)]
@@ -175,9 +209,11 @@ def test_a_pass_that_died_after_its_commit_is_finished_by_a_later_pass(run_facto
     run = make_run(run_factory, finished=now - 60 * DAY)
     summary = retention.PruneSummary(cutoff=now - 30 * DAY)
     # Step 1 only, as if the process died right after the rows were committed.
-    retention.delete_rows([run.id], cutoff=summary.cutoff, summary=summary, now=now)
+    retention.delete_batch(
+        cutoff=summary.cutoff, after=None, batch_size=10, summary=summary, now=now
+    )
     assert not exists(run) and folder(run).is_dir()
-    assert FolderDeletion.objects.filter(path=run.output_dir).count() == 1
+    assert FolderDeletion.objects.get().paths == [run.output_dir]
 
     # While the dead pass's claim is fresh another pass leaves it alone...
     assert services.runs_prune(older_than_days=30).leftovers == 0
@@ -192,7 +228,7 @@ def test_a_pass_that_died_after_its_commit_is_finished_by_a_later_pass(run_facto
 @pytest.mark.django_db
 def test_a_leftover_record_never_removes_a_folder_that_a_run_uses_again(run_factory):
     run = make_run(run_factory, finished=timezone.now())
-    FolderDeletion.objects.create(path=run.output_dir, run_id=run.id, claimed_at=None)
+    FolderDeletion.objects.create(paths=[run.output_dir], claimed_at=None)
     summary = services.runs_prune(older_than_days=30)
     assert summary.leftovers == 1 and summary.file_bytes == 0
     assert folder(run).is_dir() and not FolderDeletion.objects.exists()
