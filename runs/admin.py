@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from . import selectors, services, tunix
 from .errors import NotFound, ServiceError
 from .models import ApiToken, Dataset, TunixRun
-from .retention import folder_size, human_bytes
+from .retention import human_bytes
 
 admin.site.site_header = "tunix-rt administration"
 admin.site.site_title = "tunix-rt admin"
@@ -343,11 +343,8 @@ class TunixRunAdmin(admin.ModelAdmin):
         counts = selectors.runs_related_counts([run.id for run in runs])
         rows = []
         for run in runs:
-            try:
-                size = folder_size(services.run_output_path(run))
-            except Exception:
-                size = 0
-            rows.append({"run": run, "size": human_bytes(size), **counts[run.id]})
+            size = human_bytes(selectors.run_folder_size(run))
+            rows.append({"run": run, "size": size, **counts[run.id]})
         context = {
             **self.admin_site.each_context(request),
             "title": "Delete runs with their artifacts?",

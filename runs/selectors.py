@@ -249,3 +249,16 @@ def runs_related_counts(run_ids: list) -> dict:
         ):
             counts[run_id][key] = number
     return counts
+
+
+def run_folder_size(run: TunixRun) -> int:
+    """Bytes of the regular files in the run's folder (0 when it has none)."""
+    from . import services
+    from .paths import UnsafePath
+    from .retention import folder_size
+
+    try:
+        path = services.run_output_path(run)
+    except UnsafePath:
+        return 0
+    return folder_size(path) if path.is_dir() else 0
