@@ -264,3 +264,31 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class FolderDeletion(models.Model):
+    """Run folders still to be removed from disk after their runs' rows were deleted.
+
+    Rows and files cannot share a transaction. One record is written in each transaction
+    that deletes runs (one per retention batch, so 500 runs cost one row, not 500) and
+    removed once its folders are gone, so a crash between the two leaves a record that a
+    later retention pass finishes (see runs/retention.py).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # Relative to settings.ARTIFACTS_DIR, as the runs' output_dir were.
+    paths = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by the pass that removes the folders; a claim older than the lease (that pass
+    # died, or a folder would not go) lets a later pass take the record over.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # Leftovers: WHERE claimed_at IS NULL OR claimed_at < ?.
+            models.Index(fields=["claimed_at"], name="folderdeletion_claimed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{len(self.paths)} folders, from {self.created_at:%Y-%m-%d %H:%M}"

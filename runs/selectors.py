@@ -563,3 +563,102 @@ def truncation_sentence(figures: dict[str, Any]) -> str:
             else ", and 1 of them dropped because its prompt alone fills it"
         )
     return f"{sentence}. {figures['counted_with']}"
+
+
+def run_log_excerpt(run: TunixRun, *, head_chars: int = 8000, tail_chars: int = 8000) -> dict:
+    """The beginning and the end of a run's stored log, for a summary (the admin detail).
+    Reads only the chunks it needs from each end, however long the log is. Returns
+    {"head", "tail", "omitted", "total_chunks"}: "omitted" says what lies between head and
+    tail ("" when the head is the whole log and the tail is empty)."""
+    from .models import LogChunk
+
+    chunks = LogChunk.objects.filter(run=run)
+    total = chunks.count()
+    first = _chunks_up_to(chunks.order_by("seq"), head_chars)
+    last = _chunks_up_to(chunks.order_by("-seq"), tail_chars)
+    seen = dict(first + last)
+    if len(seen) == total:
+        whole = "".join(seen[seq] for seq in sorted(seen))
+        if len(whole) <= head_chars + tail_chars:
+            return {"head": whole, "tail": "", "omitted": "", "total_chunks": total}
+        gap = len(whole) - head_chars - tail_chars
+        return {
+            "head": whole[:head_chars],
+            "tail": whole[-tail_chars:],
+            "omitted": f"{gap} characters",
+            "total_chunks": total,
+        }
+    return {
+        "head": "".join(text for _, text in first)[:head_chars],
+        "tail": "".join(text for _, text in reversed(last))[-tail_chars:],
+        "omitted": f"{total - len(seen)} chunks and the cut parts of others",
+        "total_chunks": total,
+    }
+
+
+def _chunks_up_to(ordered, chars: int, *, most: int = 200) -> list[tuple[int, str]]:
+    taken, size = [], 0
+    for seq, text in ordered.values_list("seq", "text")[:most]:
+        taken.append((seq, text))
+        size += len(text)
+        if size >= chars:
+            break
+    return taken
+
+
+def run_metric_summary(run: TunixRun) -> list[dict]:
+    """Per metric name: how many points, the step range, min, max and the last value."""
+    from django.db.models import Count, Max, Min
+
+    from .models import Metric
+
+    rows = list(
+        Metric.objects.filter(run=run)
+        .values("name")
+        .annotate(
+            points=Count("id"),
+            first_step=Min("step"),
+            last_step=Max("step"),
+            min=Min("value"),
+            max=Max("value"),
+        )
+        .order_by("name")
+    )
+    for row in rows:
+        row["last"] = (
+            Metric.objects.filter(run=run, name=row["name"], step=row["last_step"])
+            .values_list("value", flat=True)
+            .first()
+        )
+    return rows
+
+
+def runs_related_counts(run_ids: list) -> dict:
+    """{run_id: {"log_chunks": n, "metrics": m}}, for a delete confirmation."""
+    from django.db.models import Count
+
+    from .models import LogChunk, Metric
+
+    counts = {run_id: {"log_chunks": 0, "metrics": 0} for run_id in run_ids}
+    for model, key in ((LogChunk, "log_chunks"), (Metric, "metrics")):
+        for run_id, number in (
+            model.objects.filter(run_id__in=run_ids)
+            .values("run_id")
+            .annotate(number=Count("id"))
+            .values_list("run_id", "number")
+        ):
+            counts[run_id][key] = number
+    return counts
+
+
+def run_folder_size(run: TunixRun) -> int:
+    """Bytes of the regular files in the run's folder (0 when it has none)."""
+    from . import services
+    from .paths import UnsafePath
+    from .retention import folder_size
+
+    try:
+        path = services.run_output_path(run)
+    except UnsafePath:
+        return 0
+    return folder_size(path) if path.is_dir() else 0

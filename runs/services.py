@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import datasets, selectors, tunix
+from . import datasets, retention, selectors, tunix
 from .errors import (
     Conflict,
     Forbidden,
@@ -563,7 +563,9 @@ def remove_tree(path: Path) -> int:
     """Delete a run's folder; returns the bytes freed. Never follows a symlink out."""
     if not path.exists():
         return 0
-    freed = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    freed = retention.folder_size(
+        path
+    )  # os.walk + lstat: a retention pass calls this 100,000s of times
     shutil.rmtree(path, ignore_errors=True)
     return freed
 
@@ -665,6 +667,28 @@ def schedules_ensure() -> None:
             "repeats": -1,
         },
     )
+    # Daily retention. The first pass is set for the coming night (03:00 in TIME_ZONE);
+    # later migrations update the schedule by name but never move its next run.
+    Schedule.objects.update_or_create(
+        name="tunixrt-retention",
+        defaults={
+            "func": "runs.tasks.prune_runs",
+            "schedule_type": Schedule.DAILY,
+            "repeats": -1,
+        },
+        create_defaults={
+            "func": "runs.tasks.prune_runs",
+            "schedule_type": Schedule.DAILY,
+            "repeats": -1,
+            "next_run": _next_quiet_hour(),
+        },
+    )
+
+
+def _next_quiet_hour(hour: int = 3):
+    now = timezone.localtime()
+    at = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return at if at > now else at + timedelta(days=1)
 
 
 # --- runs: again, resume, delete --------------------------------------------------------
@@ -757,9 +781,75 @@ def run_delete(*, run: TunixRun) -> int:
             raise NotFound("No such run.")
         if locked.is_active:
             raise Conflict(f"The run is {locked.status}; cancel it before deleting it.")
+        # Recorded in the same transaction: if we die before the folder is gone, the next
+        # retention pass removes it (runs/retention.py).
+        deletions = retention.record_folder_deletion(locked)
+        locked.delete()
+    return retention.remove_folders(deletions)[1]
+
+
+# --- retention, pinning, dataset deletion -----------------------------------------------
+
+
+def runs_prune(
+    *,
+    older_than_days: int,
+    dry_run: bool = False,
+    batch_size: int = retention.DEFAULT_BATCH_SIZE,
+    progress: retention.Progress | None = None,
+    now=None,
+) -> retention.PruneSummary:
+    """Delete finished, unpinned runs that finished more than `older_than_days` ago
+    (finished_at < now - N days), with their log chunks, metrics and folders, in batches of
+    `batch_size` runs, each its own short transaction. Pending and running runs are never
+    touched. Also finishes folder removals a previous pass left behind and removes
+    orphaned `runs/<uuid>` folders. `dry_run` counts the same things and changes nothing.
+    `progress(done, total)` is called after each batch. Safe to run twice and concurrently:
+    every run is deleted by exactly one pass. Must not be called inside a transaction."""
+    return retention.prune(
+        older_than_days=older_than_days,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        progress=progress,
+        now=now,
+    )
+
+
+def runs_prune_expired() -> str:
+    """The daily retention task: prune runs older than TUNIXRT_RETENTION_DAYS (0: off)."""
+    if settings.RETENTION_DAYS <= 0:
+        return "retention is off (TUNIXRT_RETENTION_DAYS=0)"
+    summary = runs_prune(older_than_days=settings.RETENTION_DAYS)
+    log.info("retention: %s", summary)
+    return str(summary)
+
+
+def run_set_pinned(*, run: TunixRun, pinned: bool) -> TunixRun:
+    """Pin a run (retention never deletes it) or unpin it. A pin racing a retention pass
+    either lands first (the pass re-checks under its lock and keeps the run) or finds the
+    run gone (404)."""
+    if not TunixRun.objects.filter(id=run.id).update(pinned=bool(pinned)):
+        raise NotFound("No such run.")
+    run.pinned = bool(pinned)
+    return run
+
+
+def dataset_delete(*, dataset: Dataset) -> None:
+    """Delete a dataset's row, then its file. Refused (409) while runs refer to it: delete
+    or prune those runs first."""
+    with transaction.atomic():
+        locked = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
+        if locked is None:
+            raise NotFound("No such dataset.")
+        used_by = TunixRun.objects.filter(dataset=locked).count()
+        if used_by:
+            raise Conflict(
+                f"Dataset {locked.key} is used by {used_by} run(s); delete those runs first."
+            )
         try:
-            path = run_output_path(locked)
+            path = dataset_path(locked)
         except UnsafePath:
             path = None
         locked.delete()
-    return remove_tree(path) if path is not None else 0
+    if path is not None:
+        path.unlink(missing_ok=True)

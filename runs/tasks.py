@@ -9,3 +9,7 @@ def execute_run(run_id: str) -> str:
 
 def reap_runs() -> str:
     return services.runs_reap()
+
+
+def prune_runs() -> str:
+    return services.runs_prune_expired()

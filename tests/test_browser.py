@@ -99,7 +99,9 @@ def test_log_in_and_see_the_config_of_a_dry_run(page, user, dataset, tiny_model_
     expect(page.locator("h1")).to_have_text("Runs")
 
     page.click("nav >> text=New run")
-    expect(page.locator("#id_dataset_key")).to_contain_text("sample-v1 (240 rows, Reasoning traces)")
+    expect(page.locator("#id_dataset_key")).to_contain_text(
+        "sample-v1 (240 rows, Reasoning traces)"
+    )
     # A value out of bounds is reported beside its field while typing, then cleared.
     page.fill("#id_learning_rate", "5")
     expect(page.locator("#errors-learning_rate")).to_contain_text("less than or equal to 1.0")
