@@ -82,6 +82,10 @@ class ApiClient:
         if data is not None:
             kwargs["data"] = json.dumps(data)
             kwargs["content_type"] = "application/json"
+        elif method == "post":
+            # No body at all, as curl -X POST sends (the test client would send a form).
+            kwargs["data"] = b""
+            kwargs["content_type"] = "application/json"
         return getattr(self.client, method)(path, **kwargs, **extra)
 
     def get(self, path, **extra):
@@ -149,6 +153,16 @@ def run_factory(user, dataset, tiny_model_dir):
         )
 
     return make
+
+
+@pytest.fixture
+def tiny_launcher(settings):
+    """Local runs are accepted and execute tests/programs/tiny_launcher.py, a real program
+    that speaks the launcher's protocol, instead of Tunix."""
+    settings.TUNIX_LAUNCHER_MODULE = "tests.programs.tiny_launcher"
+    tunix._probe_cache.clear()
+    assert tunix.probe().available, tunix.probe().message
+    return settings.TUNIX_LAUNCHER_MODULE
 
 
 def py(code: str) -> list[str]:
