@@ -8,6 +8,7 @@ from uuid import UUID
 
 from django.conf import settings
 from ninja import Field, Schema
+from pydantic import ConfigDict
 
 from .tunix import HYPERPARAMETERS
 
@@ -189,6 +190,9 @@ def hp_change(name: str) -> Any:
 
 class RerunIn(Schema):
     """Fields to change; every field left out keeps the original run's value."""
+
+    # A rerun always gets its own output folder; say so instead of ignoring `output_dir`.
+    model_config = ConfigDict(extra="forbid")
 
     dataset_key: str = Field(None, min_length=1, max_length=160, pattern=DATASET_KEY)
     model_id: str = Field(None, min_length=1, max_length=200, pattern=MODEL_ID)

@@ -55,6 +55,13 @@ def isolated_dirs(settings, tmp_path):
     yield
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2's deliberate slowness costs a second per user on a busy machine; tests check
+    who may do what, not how passwords are hashed."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="alice-password-1")
