@@ -42,7 +42,7 @@ def health(request):
 
 @router.get(
     "/tunix/status",
-    response={200: TunixStatusOut, 401: ErrorOut},
+    response={200: TunixStatusOut, 401: ErrorOut, 422: ErrorOut},
     summary="Is Tunix available to the training interpreter?",
 )
 def tunix_status(request, refresh: bool = False):
