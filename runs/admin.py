@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import ApiToken, Dataset, TunixRun
+from .models import Dataset, TunixRun
 
 
 @admin.register(TunixRun)
@@ -17,7 +17,4 @@ class DatasetAdmin(admin.ModelAdmin):
     readonly_fields = ("sha256", "row_count", "size_bytes", "file_path")
 
 
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "token_hash", "created_at", "last_used_at")
+from . import admin_tokens  # noqa: E402, F401  (registers the API token admin)
