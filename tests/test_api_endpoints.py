@@ -4,6 +4,7 @@ resume, delete, and the rules every endpoint shares (auth, ownership, the error 
 import json
 import math
 import os
+from urllib.parse import urlencode
 
 import pytest
 from django.test import Client
@@ -506,3 +507,50 @@ def test_run_detail_is_json_with_the_documented_fields(api, run_factory):
     schema = api.get("/api/openapi.json").json()["components"]["schemas"]["RunOut"]
     assert set(data) == set(schema["properties"])
     json.dumps(data)  # plain JSON, nothing that needs a custom encoder
+
+
+def test_the_interactive_docs_work_offline_from_the_packages_own_files(anon_api):
+    import re
+
+    page = anon_api.get("/api/docs")
+    assert page.status_code == 200
+    html = page.content.decode()
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and not [s for s in sources if "//" in s], sources
+    for source in sources:
+        response = anon_api.client.get(source)
+        assert response.status_code == 200, source
+
+
+def test_every_operation_is_documented_with_a_summary_and_its_errors(anon_api):
+    schema = anon_api.get("/api/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            assert operation.get("summary"), where
+            codes = set(operation["responses"])
+            if path != "/api/health":
+                assert "401" in codes, where
+            if "{run_id}" in path:
+                assert {"403", "404"} <= codes, where
+            if "requestBody" in operation:
+                assert {"400", "413", "422"} <= codes, where
+            for code, response in operation["responses"].items():
+                assert response.get("content"), (where, code)
+
+
+def test_run_list_searches_names_models_datasets_messages_and_ids(api, run_factory):
+    named = run_factory(name="Sweep lr=1e-4")
+    failed = run_factory(dataset_key="ghost-v1")
+    other = run_factory(name="baseline")
+
+    def found(q):
+        page = api.get(f"/api/tunix/runs?{urlencode({'q': q})}").json()
+        return {r["id"] for r in page["items"]}
+
+    assert found("sweep LR") == {str(named.id)}
+    assert found("ghost") == {str(failed.id)}  # its dataset key and its failure message
+    assert found("Unknown dataset") == {str(failed.id)}
+    assert found(str(other.id)) == {str(other.id)}
+    assert found("tiny-llama3") == {str(named.id), str(failed.id), str(other.id)}
+    assert found("nothing like this") == set()

@@ -62,6 +62,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    # The API docs page then uses Swagger UI's files from the package, not a CDN.
+    "ninja",
     "django_q",
     "runs",
 ]
