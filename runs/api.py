@@ -66,7 +66,6 @@ def tunix_status(request, refresh: bool = False):
         400: ErrorOut,
         401: ErrorOut,
         403: ErrorOut,
-        409: ErrorOut,
         413: ErrorOut,
         422: ErrorOut,
         429: ErrorOut,
@@ -237,8 +236,7 @@ def run_cancel(request, run_id: str):
 
 @router.post(
     "/tunix/runs/{run_id}/rerun",
-    response={201: RunOut, 202: RunOut, 409: ErrorOut, 429: ErrorOut, 501: ErrorOut}
-    | _ONE_RUN_WITH_BODY,
+    response={201: RunOut, 202: RunOut, 429: ErrorOut, 501: ErrorOut} | _ONE_RUN_WITH_BODY,
     summary="A new run from the same inputs, optionally changed",
     description=(
         "Every field of the body is optional; what is left out keeps the original value. "

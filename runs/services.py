@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -278,7 +278,7 @@ def run_create(
                 f"Dry-run passed: {report.rows} valid rows; the config and command below are "
                 "what a local run would execute. Nothing was executed."
             )
-        run.save()
+        _run_insert(run)
         return run
 
     with transaction.atomic():
@@ -287,9 +287,22 @@ def run_create(
         run.status = RunStatus.PENDING
         run.phase = "queued"
         run.enqueued_at = now
-        run.save()
+        _run_insert(run)
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
+
+
+def _run_insert(run: TunixRun) -> None:
+    """Insert a new run. Two requests naming the same output folder can both pass the check
+    above; the unique constraint lets only one in, and the other gets the same 422."""
+    try:
+        with transaction.atomic():
+            run.save(force_insert=True)
+    except IntegrityError as exc:
+        raise InvalidInput(
+            "The run request is not valid.",
+            fields={"output_dir": "This output folder is already in use."},
+        ) from exc
 
 
 def _environment_from_probe(status: tunix.TunixStatus | None) -> dict[str, Any]:

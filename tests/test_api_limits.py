@@ -55,14 +55,14 @@ def test_the_total_queue_limit_answers_429_saying_the_limit(
     assert TunixRun.objects.count() == 1
 
 
-def submit_concurrently(clients: list[ApiClient]) -> list[int]:
-    """Every client posts one local run at the same moment, each on its own connection."""
+def submit_concurrently(clients: list[ApiClient], body=LOCAL) -> list[int]:
+    """Every client posts one run at the same moment, each on its own connection."""
     barrier = threading.Barrier(len(clients))
 
     def submit(client):
         try:
             barrier.wait(timeout=60)
-            return client.post("/api/tunix/run", LOCAL).status_code
+            return client.post("/api/tunix/run", body).status_code
         finally:
             connection.close()
 
@@ -91,3 +91,12 @@ def test_twenty_concurrent_submissions_never_exceed_the_total_limit(
     codes = submit_concurrently(clients)
     assert sorted(codes) == [202] * 7 + [429] * 13
     assert TunixRun.objects.filter(status=RunStatus.PENDING).count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_runs_naming_one_output_folder_let_exactly_one_in(user, dataset, tiny_model_dir):
+    body = {"dataset_key": "sample-v1", "model_id": "local:tiny-llama3", "output_dir": "shared/x"}
+    clients = [ApiClient(services.api_token_create(user=user)[1]) for _ in range(10)]
+    codes = submit_concurrently(clients, body)
+    assert sorted(codes) == [201] + [422] * 9
+    assert TunixRun.objects.get().output_dir == "shared/x"
