@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 
 from . import selectors, services, tunix
 from .errors import NotFound, ServiceError
-from .models import ApiToken, Dataset, TunixRun
+from .models import Dataset, TunixRun
 from .retention import human_bytes
 
 admin.site.site_header = "tunix-rt administration"
@@ -445,11 +445,11 @@ class DatasetAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, count)
 
     def delete_model(self, request, obj):
-        services.dataset_delete(dataset=obj)
+        services.dataset_delete(dataset=obj, user=request.user)
 
     def delete_queryset(self, request, queryset):
         for dataset in queryset:
-            services.dataset_delete(dataset=dataset)
+            services.dataset_delete(dataset=dataset, user=request.user)
 
     def get_deleted_objects(self, objs, request):
         """Datasets that runs still use are shown as protected, as Django does for PROTECT."""
@@ -466,7 +466,4 @@ class DatasetAdmin(admin.ModelAdmin):
         return deleted, {"datasets": len(datasets)}, set(), protected
 
 
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "token_hash", "created_at", "last_used_at")
+from . import admin_tokens  # noqa: E402, F401  (registers the API token admin)

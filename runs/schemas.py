@@ -8,6 +8,7 @@ from uuid import UUID
 
 from django.conf import settings
 from ninja import Field, Schema
+from pydantic import ConfigDict
 
 from .tunix import HYPERPARAMETERS
 
@@ -18,8 +19,30 @@ def hp(name: str) -> Any:
     return Field(bound.default, ge=bound.minimum, le=bound.maximum, description=bound.help)
 
 
+# Strings end up in PostgreSQL text columns, which cannot hold NUL: refuse it at the edge
+# (422) instead of failing at the database (500).
+TEXT = r"^[^\x00]*$"
+# Dataset keys are `name-version`, both safe path segments: nothing that could walk a path.
+DATASET_KEY = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# Model references (local:NAME, ORG/NAME, kaggle:...) start with a letter or digit, so none
+# can be read as an option; runs.tunix.parse_model_ref checks the exact forms.
+MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9:/._-]*$"
+# Relative to the artifacts root; runs.paths.safe_relative checks every segment.
+OUTPUT_DIR = r"^[A-Za-z0-9][A-Za-z0-9/._-]*$"
+
+
+class FieldErrorOut(Schema):
+    loc: list[str | int] = Field(..., description="Where: source, parameter and field path.")
+    msg: str
+    type: str
+
+
 class ErrorOut(Schema):
-    detail: Any = Field(..., description="What went wrong; a list of field errors for 422.")
+    """The one shape of every error the API answers."""
+
+    detail: str | list[FieldErrorOut] = Field(
+        ..., description="What went wrong; for a schema error (422), one entry per problem."
+    )
     fields: dict[str, str] | None = Field(None, description="Messages by field name.")
 
 
@@ -39,13 +62,22 @@ class TunixStatusOut(Schema):
 
 
 class RunIn(Schema):
-    dataset_key: str = Field(..., min_length=1, max_length=160)
-    model_id: str = Field(..., min_length=1, max_length=200, description="local:NAME or ORG/NAME")
+    dataset_key: str = Field(..., min_length=1, max_length=160, pattern=DATASET_KEY)
+    model_id: str = Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        pattern=MODEL_ID,
+        description="local:NAME, ORG/NAME (Hugging Face) or kaggle:OWNER/MODEL/...",
+    )
     output_dir: str | None = Field(
-        None, max_length=255, description="Relative to the artifacts root; default runs/<id>."
+        None,
+        max_length=200,
+        pattern=OUTPUT_DIR,
+        description="Relative to the artifacts root; default runs/<id>.",
     )
     dry_run: bool = Field(True, description="Validate and build the config; execute nothing.")
-    name: str = Field("", max_length=200)
+    name: str = Field("", max_length=200, pattern=TEXT)
     timeout_seconds: int | None = Field(None, ge=10, le=settings.RUN_TIMEOUT_MAX)
     learning_rate: float = hp("learning_rate")
     num_epochs: int = hp("num_epochs")
@@ -173,3 +205,86 @@ class DatasetPreviewOut(Schema):
     model_id: str | None
     rows: list[DatasetRowOut]
     stats: DatasetStatsOut
+
+
+# --- following a run, its outputs, and changing it ---------------------------------------
+
+
+class LogChunkOut(Schema):
+    seq: int
+    stream: Literal["stdout", "stderr", "system"]
+    text: str
+
+
+class LogPageOut(Schema):
+    run_id: UUID
+    status: str
+    final: bool = Field(..., description="The run has ended: no chunk will be added.")
+    chunks: list[LogChunkOut] = Field(..., description="Chunks after `after`, oldest first.")
+    next_after: int = Field(..., description="Pass as `after` to get what follows.")
+    has_more: bool = Field(..., description="More chunks are already stored; ask again now.")
+
+
+class MetricPointOut(Schema):
+    step: int
+    value: float | None = Field(..., description="null where the trainer reported NaN or ±inf.")
+
+
+class MetricsOut(Schema):
+    run_id: UUID
+    series: dict[str, list[MetricPointOut]] = Field(
+        ..., description="Points by metric name (train/loss, eval/loss, ...), ordered by step."
+    )
+
+
+class OutputFileOut(Schema):
+    path: str = Field(..., description="Relative to the run's output folder.")
+    size: int
+
+
+class OutputsOut(Schema):
+    run_id: UUID
+    files: list[OutputFileOut]
+    truncated: bool = Field(..., description="The folder holds more files than listed.")
+
+
+class DeletedOut(Schema):
+    id: UUID
+    freed_bytes: int
+
+
+def hp_change(name: str) -> Any:
+    """A hyperparameter a rerun may change: the same bounds, absent unless given."""
+    bound = HYPERPARAMETERS[name]
+    return Field(None, ge=bound.minimum, le=bound.maximum, description=bound.help)
+
+
+class RerunIn(Schema):
+    """Fields to change; every field left out keeps the original run's value."""
+
+    # A rerun always gets its own output folder; say so instead of ignoring `output_dir`.
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_key: str = Field(None, min_length=1, max_length=160, pattern=DATASET_KEY)
+    model_id: str = Field(None, min_length=1, max_length=200, pattern=MODEL_ID)
+    dry_run: bool = Field(None, description="Default: the original run's mode.")
+    name: str = Field(None, max_length=200, pattern=TEXT)
+    timeout_seconds: int = Field(None, ge=10, le=settings.RUN_TIMEOUT_MAX)
+    learning_rate: float = hp_change("learning_rate")
+    num_epochs: int = hp_change("num_epochs")
+    batch_size: int = hp_change("batch_size")
+    max_seq_length: int = hp_change("max_seq_length")
+    max_steps: int | None = hp_change("max_steps")
+    lora_rank: int = hp_change("lora_rank")
+    lora_alpha: float = hp_change("lora_alpha")
+    seed: int = hp_change("seed")
+    eval_every_n_steps: int = hp_change("eval_every_n_steps")
+
+
+class ResumeIn(Schema):
+    max_steps: int = Field(
+        ...,
+        ge=1,
+        le=HYPERPARAMETERS["max_steps"].maximum,
+        description="Train until this step; must exceed the checkpoint's step.",
+    )

@@ -413,7 +413,7 @@ def run_create(
             if figures is not None:
                 run.environment = {**run.environment, "dataset_stats": figures}
                 run.message += " " + selectors.truncation_sentence(figures)
-        run.save()
+        _run_insert(run)
         return run
 
     with transaction.atomic():
@@ -422,7 +422,7 @@ def run_create(
         run.status = RunStatus.PENDING
         run.phase = "queued"
         run.enqueued_at = now
-        run.save()
+        _run_insert(run)
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
 
@@ -439,6 +439,19 @@ def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict
         return None
     figures.pop("histogram", None)
     return figures
+
+
+def _run_insert(run: TunixRun) -> None:
+    """Insert a new run. Two requests naming the same output folder can both pass the check
+    above; the unique constraint lets only one in, and the other gets the same 422."""
+    try:
+        with transaction.atomic():
+            run.save(force_insert=True)
+    except IntegrityError as exc:
+        raise InvalidInput(
+            "The run request is not valid.",
+            fields={"output_dir": "This output folder is already in use."},
+        ) from exc
 
 
 def _environment_from_probe(status: tunix.TunixStatus | None) -> dict[str, Any]:
@@ -832,24 +845,3 @@ def run_set_pinned(*, run: TunixRun, pinned: bool) -> TunixRun:
         raise NotFound("No such run.")
     run.pinned = bool(pinned)
     return run
-
-
-def dataset_delete(*, dataset: Dataset) -> None:
-    """Delete a dataset's row, then its file. Refused (409) while runs refer to it: delete
-    or prune those runs first."""
-    with transaction.atomic():
-        locked = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
-        if locked is None:
-            raise NotFound("No such dataset.")
-        used_by = TunixRun.objects.filter(dataset=locked).count()
-        if used_by:
-            raise Conflict(
-                f"Dataset {locked.key} is used by {used_by} run(s); delete those runs first."
-            )
-        try:
-            path = dataset_path(locked)
-        except UnsafePath:
-            path = None
-        locked.delete()
-    if path is not None:
-        path.unlink(missing_ok=True)

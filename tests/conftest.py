@@ -56,6 +56,13 @@ def isolated_dirs(settings, tmp_path):
     yield
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2's deliberate slowness costs a second per user on a busy machine; tests check
+    who may do what, not how passwords are hashed."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="alice-password-1")
@@ -82,6 +89,10 @@ class ApiClient:
         kwargs = {"headers": {**self.headers, **extra.pop("headers", {})}}
         if data is not None:
             kwargs["data"] = json.dumps(data)
+            kwargs["content_type"] = "application/json"
+        elif method == "post":
+            # No body at all, as curl -X POST sends (the test client would send a form).
+            kwargs["data"] = b""
             kwargs["content_type"] = "application/json"
         return getattr(self.client, method)(path, **kwargs, **extra)
 
@@ -163,6 +174,16 @@ def run_factory(user, dataset, tiny_model_dir):
         )
 
     return make
+
+
+@pytest.fixture
+def tiny_launcher(settings):
+    """Local runs are accepted and execute tests/programs/tiny_launcher.py, a real program
+    that speaks the launcher's protocol, instead of Tunix."""
+    settings.TUNIX_LAUNCHER_MODULE = "tests.programs.tiny_launcher"
+    tunix._probe_cache.clear()
+    assert tunix.probe().available, tunix.probe().message
+    return settings.TUNIX_LAUNCHER_MODULE
 
 
 def py(code: str) -> list[str]:

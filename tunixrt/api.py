@@ -37,7 +37,28 @@ def authentication_error(request, exc):
 
 @api.exception_handler(ValidationError)
 def validation_error(request, exc: ValidationError):
-    return api.create_response(request, {"detail": exc.errors}, status=422)
+    # Only where, what and why: pydantic's `input` and `ctx` can echo a huge body or hold
+    # values (inf, exceptions) that are not JSON.
+    errors = [
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in exc.errors
+    ]
+    fields: dict[str, str] = {}
+    for error in errors:
+        fields.setdefault(_field_name(error["loc"]), error["msg"])
+    return api.create_response(request, {"detail": errors, "fields": fields}, status=422)
+
+
+def _field_name(loc: list) -> str:
+    """("body", "payload", "learning_rate") -> "learning_rate"; ("query", "page") -> "page"."""
+    parts = loc[1:]
+    if loc and loc[0] == "body" and len(parts) > 1:
+        parts = parts[1:]  # the name of the view's body argument
+    return ".".join(str(p) for p in parts) or (str(loc[0]) if loc else "request")
 
 
 @api.exception_handler(RequestDataTooBig)

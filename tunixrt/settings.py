@@ -62,11 +62,15 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    # The API docs page then uses Swagger UI's files from the package, not a CDN.
+    "ninja",
     "django_q",
     "runs",
 ]
 
 MIDDLEWARE = [
+    # First, so it sees every error answer under /api/, including the 500 page.
+    "tunixrt.middleware.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
