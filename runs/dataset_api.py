@@ -57,7 +57,14 @@ class DatasetUploadIn(Schema):
 
 @router.post(
     "",
-    response={201: DatasetOut, 401: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut},
+    response={
+        201: DatasetOut,
+        400: ErrorOut,
+        401: ErrorOut,
+        409: ErrorOut,
+        413: ErrorOut,
+        422: ErrorOut,
+    },
     summary="Upload a JSONL dataset (multipart); validated before anything is stored",
 )
 def dataset_create(request, form: Form[DatasetUploadIn], file: File[UploadedFile]):

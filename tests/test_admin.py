@@ -205,7 +205,9 @@ def test_staff_who_may_only_view_see_runs_but_cannot_act(client, staff_user, run
     assert TunixRun.objects.get(id=run.id).status == RunStatus.PENDING
 
 
-def test_dataset_admin_lists_shows_and_protects_datasets_in_use(admin_client, run_factory, dataset):
+def test_dataset_admin_lists_shows_and_protects_datasets_in_use(
+    admin_client, run_factory, dataset, django_capture_on_commit_callbacks
+):
     run = finished_run(run_factory)
     page = admin_client.get("/admin/runs/dataset/").content.decode()
     assert "sample-v1" in page and "?dataset__id__exact=" in page
@@ -224,7 +226,8 @@ def test_dataset_admin_lists_shows_and_protects_datasets_in_use(admin_client, ru
 
     path = services.dataset_path(dataset)
     services.run_delete(run=run)
-    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 302
+    with django_capture_on_commit_callbacks(execute=True):  # the file goes after the commit
+        assert admin_client.post(delete_url, {"post": "yes"}).status_code == 302
     assert not Dataset.objects.filter(pk=dataset.pk).exists() and not path.exists()
 
 

@@ -288,7 +288,7 @@ def test_deleting_one_run_removes_its_rows_and_folder(run_factory):
 
 @pytest.mark.django_db
 def test_a_dataset_is_deleted_with_its_file_only_when_no_run_uses_it(
-    run_factory, dataset, staff_user
+    run_factory, dataset, staff_user, django_capture_on_commit_callbacks
 ):
     run = make_run(run_factory, finished=timezone.now())
     path = services.dataset_path(dataset)
@@ -296,7 +296,8 @@ def test_a_dataset_is_deleted_with_its_file_only_when_no_run_uses_it(
         services.dataset_delete(dataset=dataset, user=staff_user)
     assert path.is_file()
     services.run_delete(run=run)
-    services.dataset_delete(dataset=dataset, user=staff_user)
+    with django_capture_on_commit_callbacks(execute=True):  # the file goes after the commit
+        services.dataset_delete(dataset=dataset, user=staff_user)
     assert not path.exists() and not type(dataset).objects.exists()
 
 
