@@ -122,6 +122,14 @@ def dataset_preview(request, key: str, params: Query[PreviewQuery]):
     "/{key}/export",
     response={200: None, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
     summary="Download the rendered training JSONL ({prompt, completion} per line)",
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "The rendered rows, one JSON object per line.",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            }
+        }
+    },
 )
 def dataset_export(request, key: str, family: Family | None = None, model_id: str | None = None):
     dataset = selectors.dataset_get(key)
