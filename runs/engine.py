@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import selectors
 import signal
@@ -301,6 +302,11 @@ class Supervisor:
                 self._line(name, self.partial[name])
                 self.partial[name] = b""
         self._flush()
+        if self.log.dropped:
+            # The marker above was updated in place; followers reading after a cursor
+            # only see new chunks, so the final figure is also said at the end.
+            self._system(f"[tunix-rt] {self.log.dropped} bytes of output were not stored.\n")
+            self._flush()
         return self._outcome(code, stop)
 
     def _outcome(self, code: int, stop: tuple[str, str] | None) -> Outcome:
@@ -372,6 +378,7 @@ class Supervisor:
                 and isinstance(step, int)
                 and step >= 0
                 and isinstance(value, int | float)
+                and math.isfinite(value)
             ):
                 self.metrics.append(
                     Metric(run_id=self.run.id, name=name[:100], step=step, value=float(value))
@@ -484,7 +491,9 @@ def start_reaper_thread(**kwargs) -> None:
     """Reap at worker start, then every TUNIXRT_REAPER_INTERVAL_SECONDS, in a daemon thread
     of the worker: it keeps running while the worker's main thread supervises a long run."""
     global _reaper_started
-    if _reaper_started:
+    # django-q2 also sends post_spawn when it runs a task inline (sync mode, in the web or
+    # test process); housekeeping belongs to real worker processes only.
+    if _reaper_started or kwargs.get("proc_name") == "MainProcess":
         return
     _reaper_started = True
 

@@ -73,6 +73,7 @@ def test_launcher_events_become_progress_metrics_and_the_error_reason(start_clus
         "    e(event='progress', step=s, total_steps=5)\n"
         "    e(event='metric', name='train/loss', step=s, value=5.0 - s / 10)\n"
         "e(event='metric', name='eval/loss', step=5, value=4.2)\n"
+        'print(\'{"event": "metric", "name": "train/loss", "step": 6, "value": NaN}\')\n'
         "print('{not json but braces}')\n"
         "e(event='error', message='training loss became NaN at step 5')\n"
         "sys.exit(3)\n"
@@ -211,6 +212,7 @@ def test_a_log_flood_without_newlines_is_capped_and_the_run_completes(start_clus
     text = log_text(run)
     assert "THE END" in text
     assert "bytes in between were dropped" in text
+    assert text.rstrip().endswith("bytes of output were not stored.")
     assert peak["rss"] < 250 * 1024 * 1024
 
 
