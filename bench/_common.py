@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,3 +83,17 @@ def wait_final(run_id, timeout=600):
 
 def median(values):
     return statistics.median(values)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same PostgreSQL server URL, naming another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def admin_sql(url: str, sql: str) -> None:
+    """Run CREATE/DROP DATABASE and the like on the server's maintenance database."""
+    import psycopg
+
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql)

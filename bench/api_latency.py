@@ -29,7 +29,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from _common import admin_sql, with_database
 
 REPO = Path(__file__).resolve().parent.parent
 USERS = 100
@@ -50,18 +51,6 @@ def server_url() -> tuple[str, Path | None]:
     if done.returncode != 0:
         raise SystemExit(f"no PostgreSQL: set DATABASE_URL ({done.stderr.strip()})")
     return done.stdout.strip(), folder
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def admin_sql(url: str, sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def setup_django(database_url: str) -> None:

@@ -21,7 +21,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from _common import admin_sql, with_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,18 +41,6 @@ def parse_args():
     )
     parser.add_argument("--no-files", action="store_true", help="Skip the run folders.")
     return parser.parse_args()
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def admin_sql(url: str, sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def generate(args, env) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from .paths import UnsafePath
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+PIPE_BYTES = 1024 * 1024  # Linux's default maximum for an unprivileged pipe
 # A stdout line longer than this cannot be a launcher event; it is stored as plain text.
 MAX_EVENT_LINE = 64 * 1024
 # Variables a child may inherit from the worker (GPU selection, caches, proxies for hubs).
@@ -226,7 +228,7 @@ class Supervisor:
     # The loop ------------------------------------------------------------------------
     def execute(self) -> Outcome:
         run = self.run
-        proc = psutil.Popen(
+        proc = subprocess.Popen(
             run.command,
             cwd=self.cwd,
             env=child_environment(self.env_extra),
@@ -238,7 +240,7 @@ class Supervisor:
             close_fds=True,
         )
         pgid = proc.pid
-        started = proc.create_time()
+        started = psutil.Process(proc.pid).create_time()
         TunixRun.objects.filter(id=run.id).update(
             pid=proc.pid,
             pgid=pgid,
@@ -247,14 +249,22 @@ class Supervisor:
         sel = selectors.DefaultSelector()
         for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             os.set_blocking(pipe.fileno(), False)
+            # A larger pipe lets the child keep writing while we store a chunk.
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
             sel.register(pipe, selectors.EVENT_READ, name)
+        # Read once: settings are a lazy object, and this loop turns many times a second.
+        flush_every = settings.LOG_FLUSH_SECONDS
+        beat_every = settings.HEARTBEAT_SECONDS
+        grace = settings.CANCEL_GRACE_SECONDS
         begin = time.monotonic()
-        last_flush = last_beat = begin
+        last_flush = last_beat = last_poll = begin
         stop: tuple[str, str] | None = None  # (final status, message) decided by us
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM already sent
         open_pipes = 2
         exited_at: float | None = None
         while open_pipes:
+            small = False
             for key, _ in sel.select(timeout=0.2):
                 try:
                     data = os.read(key.fileobj.fileno(), READ_SIZE)
@@ -265,14 +275,22 @@ class Supervisor:
                     open_pipes -= 1
                     continue
                 self.bytes_read += len(data)
+                small = small or len(data) < READ_SIZE // 4
                 self._take(key.data, data)
             now = time.monotonic()
-            if now - last_flush >= settings.LOG_FLUSH_SECONDS:
+            if small:
+                # A chatty child writes line by line: let a few milliseconds of output
+                # gather in the (large) pipe instead of waking for every line.
+                time.sleep(0.005)
+            if now - last_poll < 0.1 and open_pipes == 2 and stop is None:
+                continue
+            last_poll = now
+            if now - last_flush >= flush_every:
                 self._flush()
                 last_flush = now
                 if stop is None:
                     stop = self._check_cancel()
-            if stop is None and now - last_beat >= settings.HEARTBEAT_SECONDS:
+            if stop is None and now - last_beat >= beat_every:
                 last_beat = now
                 if not self._heartbeat():
                     stop = ("gone", "The run was finished elsewhere.")
@@ -283,7 +301,7 @@ class Supervisor:
                 # meanwhile so a child that logs while shutting down never blocks.
                 self._system(f"[tunix-rt] stopping the process group: {stop[1]}\n")
                 signal_group(pgid, started, signal.SIGTERM)
-                kill_at = now + settings.CANCEL_GRACE_SECONDS
+                kill_at = now + grace
             if kill_at is not None and now >= kill_at:
                 signal_group(pgid, started, signal.SIGKILL)
                 kill_at = now + 1
