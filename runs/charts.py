@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -207,3 +208,41 @@ def loss_series(
             )
         )
     return found
+
+
+def histogram_geometry(stats: dict[str, Any], *, width: int = 480, height: int = 110) -> dict:
+    """Bar geometry for the length histogram (drawn as inline SVG, no script needed), with
+    a marker where max_seq_length falls inside the range."""
+    bins = stats["histogram"]
+    if not bins:
+        return {}
+    peak = max(b["count"] for b in bins) or 1
+    plot = height - 18
+    step = width / len(bins)
+    bars = []
+    for n, b in enumerate(bins):
+        h = round(b["count"] / peak * plot, 1) if b["count"] else 0
+        bars.append(
+            {
+                "x": round(n * step, 1),
+                "y": round(plot - h, 1),
+                "w": round(max(step - 1, 1), 1),
+                "h": h,
+                "start": b["start"],
+                "end": b["end"] - 1,
+                "count": b["count"],
+                "over": b["start"] >= stats["max_seq_length"],
+            }
+        )
+    lo, hi = bins[0]["start"], bins[-1]["end"]
+    limit = stats["max_seq_length"]
+    marker = round((limit - lo) / (hi - lo) * width, 1) if lo <= limit < hi else None
+    return {
+        "width": width,
+        "height": height,
+        "plot": plot,
+        "bars": bars,
+        "marker": marker,
+        "lo": lo,
+        "hi": hi - 1,
+    }

@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import selectors, services, tunix
+from . import charts, selectors, services, tunix
 from .dataset_forms import DatasetUploadForm
 from .errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
 from .models import Dataset
@@ -129,44 +129,6 @@ def _preview_options(request) -> tuple[dict[str, Any], dict[str, str]]:
     return options, errors
 
 
-def _histogram_svg(stats: dict[str, Any], *, width: int = 480, height: int = 110) -> dict:
-    """Bar geometry for the length histogram (drawn as inline SVG, no script needed), with
-    a marker where max_seq_length falls inside the range."""
-    bins = stats["histogram"]
-    if not bins:
-        return {}
-    peak = max(b["count"] for b in bins) or 1
-    plot = height - 18
-    step = width / len(bins)
-    bars = []
-    for n, b in enumerate(bins):
-        h = round(b["count"] / peak * plot, 1) if b["count"] else 0
-        bars.append(
-            {
-                "x": round(n * step, 1),
-                "y": round(plot - h, 1),
-                "w": round(max(step - 1, 1), 1),
-                "h": h,
-                "start": b["start"],
-                "end": b["end"] - 1,
-                "count": b["count"],
-                "over": b["start"] >= stats["max_seq_length"],
-            }
-        )
-    lo, hi = bins[0]["start"], bins[-1]["end"]
-    limit = stats["max_seq_length"]
-    marker = round((limit - lo) / (hi - lo) * width, 1) if lo <= limit < hi else None
-    return {
-        "width": width,
-        "height": height,
-        "plot": plot,
-        "bars": bars,
-        "marker": marker,
-        "lo": lo,
-        "hi": hi - 1,
-    }
-
-
 @login_required
 @require_GET
 def dataset_detail(request, key: str):
@@ -208,7 +170,7 @@ def _render_detail(request, dataset: Dataset, *, fragment: bool = False, status:
             "local_models": tunix.local_models(),
             "stats": stats,
             "sentence": selectors.truncation_sentence(stats) if stats else "",
-            "histogram": _histogram_svg(stats) if stats else {},
+            "histogram": charts.histogram_geometry(stats) if stats else {},
             "rows": rows,
             "can_delete": _can_delete(request.user, dataset),
             "seq_bounds": (_SEQ.minimum, _SEQ.maximum),
