@@ -410,16 +410,20 @@ def _remove_orphans(summary: PruneSummary, *, now: datetime, batch_size: int = 5
     candidates: list[str] = []
     with os.scandir(runs_root) as entries:
         for entry in entries:
-            if (
-                _looks_like_run_folder(entry)
-                and entry.stat(follow_symlinks=False).st_mtime < old_enough
-            ):
+            if _looks_like_run_folder(entry) and _modified_before(entry, old_enough):
                 candidates.append(f"runs/{entry.name}")
                 if len(candidates) >= batch_size:
                     _remove_orphan_batch(candidates, summary)
                     candidates = []
     if candidates:
         _remove_orphan_batch(candidates, summary)
+
+
+def _modified_before(entry: os.DirEntry, moment: float) -> bool:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime < moment
+    except FileNotFoundError:
+        return False  # another pass (or a run delete) removed it while we were listing
 
 
 def _looks_like_run_folder(entry: os.DirEntry) -> bool:

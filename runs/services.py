@@ -576,9 +576,8 @@ def remove_tree(path: Path) -> int:
     """Delete a run's folder; returns the bytes freed. Never follows a symlink out."""
     if not path.exists():
         return 0
-    freed = retention.folder_size(
-        path
-    )  # os.walk + lstat: a retention pass calls this 100,000s of times
+    # os.walk + lstat, not Path.rglob: a retention pass calls this 100,000s of times.
+    freed = retention.folder_size(path)
     shutil.rmtree(path, ignore_errors=True)
     return freed
 
