@@ -411,19 +411,8 @@ class DatasetAdmin(admin.ModelAdmin):
         "created_at",
         "runs",
     )
-    readonly_fields = (
-        "key",
-        "name",
-        "version",
-        "format",
-        "file_path",
-        "row_count",
-        "size_bytes",
-        "sha256",
-        "owner",
-        "created_at",
-        "runs",
-    )
+    # A dataset version is immutable: only its description may be edited here.
+    readonly_fields = tuple(name for name in fields if name != "description")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(run_count=Count("tunixrun"))

@@ -179,6 +179,17 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
+def _show_new_run(client: Client, run: dict, args) -> int:
+    """Print a run just created (submit, rerun, resume) and follow it when asked."""
+    if args.json:
+        _print_json(run)
+    else:
+        _print_run(run)
+    if getattr(args, "follow", False):
+        return follow(client, run["id"], interval=args.interval)
+    return 0
+
+
 def cmd_submit(client: Client, args) -> int:
     body = {
         "dataset_key": args.dataset,
@@ -193,13 +204,7 @@ def cmd_submit(client: Client, args) -> int:
     if args.timeout is not None:
         body["timeout_seconds"] = args.timeout
     run = client.run_create(body)
-    if args.json:
-        _print_json(run)
-    else:
-        _print_run(run)
-    if args.follow:
-        return follow(client, run["id"], interval=args.interval)
-    return 0
+    return _show_new_run(client, run, args)
 
 
 def cmd_list(client: Client, args) -> int:
@@ -274,24 +279,12 @@ def cmd_rerun(client: Client, args) -> int:
     if args.mode is not None:
         changes["dry_run"] = args.mode == "dry-run"
     run = client.rerun(args.run_id, changes)
-    if args.json:
-        _print_json(run)
-    else:
-        _print_run(run)
-    if args.follow:
-        return follow(client, run["id"], interval=args.interval)
-    return 0
+    return _show_new_run(client, run, args)
 
 
 def cmd_resume(client: Client, args) -> int:
     run = client.resume(args.run_id, args.max_steps)
-    if args.json:
-        _print_json(run)
-    else:
-        _print_run(run)
-    if args.follow:
-        return follow(client, run["id"], interval=args.interval)
-    return 0
+    return _show_new_run(client, run, args)
 
 
 def cmd_delete(client: Client, args) -> int:
