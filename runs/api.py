@@ -125,13 +125,7 @@ def run_list(request, filters: Query[RunFilters]):
         q=filters.q,
     )
     page = selectors.paginate(runs, page=filters.page, page_size=filters.page_size)
-    return {
-        "items": page.items,
-        "count": page.count,
-        "page": page.page,
-        "page_size": page.page_size,
-        "pages": page.pages,
-    }
+    return page.as_dict()
 
 
 @router.get(

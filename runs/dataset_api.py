@@ -34,13 +34,7 @@ class DatasetFilters(Schema):
 def dataset_list(request, filters: Query[DatasetFilters]):
     found = selectors.datasets_list(q=filters.q, format=filters.format)
     page = selectors.paginate(found, page=filters.page, page_size=filters.page_size)
-    return {
-        "items": page.items,
-        "count": page.count,
-        "page": page.page,
-        "page_size": page.page_size,
-        "pages": page.pages,
-    }
+    return page.as_dict()
 
 
 _SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"

@@ -84,6 +84,16 @@ class Page:
     def has_previous(self) -> bool:
         return self.page > 1
 
+    def as_dict(self) -> dict:
+        """The shape of every paged API answer."""
+        return {
+            "items": self.items,
+            "count": self.count,
+            "page": self.page,
+            "page_size": self.page_size,
+            "pages": self.pages,
+        }
+
 
 def paginate(queryset: QuerySet, *, page: int = 1, page_size: int = 25) -> Page:
     page = max(1, page)

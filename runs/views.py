@@ -353,11 +353,7 @@ def run_delete(request, run_id):
 def run_log(request, run_id):
     """The whole stored log as a text download, streamed chunk by chunk."""
     run = _run(request, run_id)
-    response = StreamingHttpResponse(
-        selectors.run_log_text(run), content_type="text/plain; charset=utf-8"
-    )
-    response["Content-Disposition"] = f'attachment; filename="run-{run.id}.log"'
-    return response
+    return _download(selectors.run_log_text(run), "text/plain; charset=utf-8", f"run-{run.id}.log")
 
 
 @login_required
@@ -365,10 +361,13 @@ def run_log(request, run_id):
 def run_archive(request, run_id):
     """The run's whole output folder as a streamed .tar.gz."""
     run = _run(request, run_id)
-    response = StreamingHttpResponse(
-        selectors.run_output_archive(run), content_type="application/gzip"
-    )
-    response["Content-Disposition"] = f'attachment; filename="run-{run.id}.tar.gz"'
+    return _download(selectors.run_output_archive(run), "application/gzip", f"run-{run.id}.tar.gz")
+
+
+def _download(chunks, content_type: str, filename: str) -> StreamingHttpResponse:
+    """A streamed attachment; `filename` is ours (built from a run id), never a request's."""
+    response = StreamingHttpResponse(chunks, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 
