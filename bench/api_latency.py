@@ -79,22 +79,21 @@ def load(n_runs: int, n_chunks: int, rng: random.Random):
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from runs import services
+    from runs.datasets import services as dataset_services
     from runs.models import LogChunk, Metric, TunixRun
+    from runs.services import run_create
 
     users = get_user_model().objects.bulk_create(
         get_user_model()(username=f"user{i}") for i in range(USERS)
     )
     staff = get_user_model().objects.create(username="staff", is_staff=True)
     with open(REPO / "runs/sample_data/reasoning-sample.jsonl", "rb") as handle:
-        services.dataset_import(source=handle, name="sample", version="v1")
+        dataset_services.dataset_import(source=handle, name="sample", version="v1")
     models = Path(os.environ["TUNIXRT_DATA_DIR"]) / "models" / "bench-llama"
     models.mkdir(parents=True)
     (models / "config.json").write_text('{"model_type": "llama"}')
     # One real dry-run gives every bulk-loaded run a realistic config and command.
-    template = services.run_create(
-        owner=users[0], dataset_key="sample-v1", model_id="local:bench-llama"
-    )
+    template = run_create(owner=users[0], dataset_key="sample-v1", model_id="local:bench-llama")
     fields = {
         f.attname: getattr(template, f.attname)
         for f in TunixRun._meta.concrete_fields
@@ -213,14 +212,14 @@ def main():
         from django.db import connection
         from django.test import Client
 
-        from runs import services
+        from runs.services import api_token_create
 
         print(f"Loading {args.runs} runs and {args.chunks} log chunks into PostgreSQL", flush=True)
         users, staff, long_runs, ids, per_long = load(args.runs, args.chunks, rng)
         client = Client()
 
         def auth(user):
-            return {"Authorization": f"Bearer {services.api_token_create(user=user)[1]}"}
+            return {"Authorization": f"Bearer {api_token_create(user=user)[1]}"}
 
         from runs.models import TunixRun
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from runs import datasets
+from runs.datasets import rendering, validation as datasets
 
 def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -34,7 +34,7 @@ path, mode, sink_path = sys.argv[2], sys.argv[3], sys.argv[4]
 before = rss_mib()
 started = time.perf_counter()
 if mode == "validate":
-    # What services.dataset_import does: validate, hash and copy in one streaming pass.
+    # What dataset_import does: validate, hash and copy in one streaming pass.
     with open(path, "rb") as handle, open(sink_path, "wb") as sink:
         report = datasets.validate_stream(
             datasets.read_chunks(handle), max_bytes=1 << 40, max_line_bytes=1 << 20, sink=sink
@@ -42,7 +42,7 @@ if mode == "validate":
     assert report.ok, report.summary()
     rows = report.rows
 else:
-    stats = datasets.measure_lengths(datasets.iter_rows(path), "reasoning", "llama3")
+    stats = rendering.measure_lengths(datasets.iter_rows(path), "reasoning", "llama3")
     rows = stats.rows
 elapsed = time.perf_counter() - started
 print(json.dumps({"rows": rows, "seconds": elapsed, "rss_before_mib": before,

@@ -37,13 +37,16 @@ def main():
     parser.add_argument("--latency-runs", type=int, default=20)
     args = parser.parse_args()
     setup_django(TUNIXRT_LOG_CAP_BYTES=16 * 1024 * 1024, TUNIXRT_LOG_LEVEL="WARNING")
-    from runs import engine, services
+    from django.conf import settings
+
+    from runs import services, supervisor
+    from runs.datasets import services as dataset_services
     from runs.models import LogChunk
 
     user = bench_user()
-    with open(engine.settings.BASE_DIR / "runs/sample_data/reasoning-sample.jsonl", "rb") as f:
-        services.dataset_import(source=f, name="sample", version="v1")
-    models_dir = engine.settings.MODELS_DIR / "bench"
+    with open(settings.BASE_DIR / "runs/sample_data/reasoning-sample.jsonl", "rb") as f:
+        dataset_services.dataset_import(source=f, name="sample", version="v1")
+    models_dir = settings.MODELS_DIR / "bench"
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / "config.json").write_text('{"model_type": "llama"}')
 
@@ -68,7 +71,7 @@ def main():
         assert services.run_claim(run_id=run.id)
         cwd, env = services.run_prepare(run=run)
         start = time.perf_counter()
-        outcome = engine.Supervisor(run, cwd=cwd, env_extra=env).execute()
+        outcome = supervisor.Supervisor(run, cwd=cwd, env_extra=env).execute()
         supervised.append(time.perf_counter() - start)
         assert outcome.status == "completed", outcome
         services.run_finish(run_id=run.id, status=outcome.status, exit_code=0)
@@ -98,7 +101,7 @@ def main():
     sampler = threading.Thread(target=sample)
     sampler.start()
     start = time.perf_counter()
-    outcome = engine.Supervisor(run, cwd=cwd, env_extra=env).execute()
+    outcome = supervisor.Supervisor(run, cwd=cwd, env_extra=env).execute()
     elapsed = time.perf_counter() - start
     done.set()
     sampler.join()

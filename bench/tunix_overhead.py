@@ -32,18 +32,19 @@ def main():
     setup_django(TUNIXRT_LOG_LEVEL="WARNING")
     from django.conf import settings
 
-    from runs import engine, services, tunix
+    from runs import processes, protocol, services, storage, training
+    from runs.datasets import services as dataset_services
 
-    if not tunix.probe().available:
+    if not training.probe().available:
         raise SystemExit("Tunix is not installed: pip install -e '.[tunix]'")
     sample = REPO / "runs/sample_data/reasoning-sample.jsonl"
     with open(sample, "rb") as handle:
-        services.dataset_import(source=handle, name="sample", version="v1")
+        dataset_services.dataset_import(source=handle, name="sample", version="v1")
     subprocess.run(
         [
             sys.executable,
             "-m",
-            "runs.tinymodel",
+            "runs.launcher.tinymodel",
             str(settings.MODELS_DIR / "tiny"),
             "--data",
             str(sample),
@@ -81,20 +82,20 @@ def main():
 
     # The launcher alone, on the very config and data the last run executed.
     direct = []
-    source = services.run_output_path(run)
+    source = storage.run_output_path(run)
     for i in range(args.repeat):
         folder = settings.ARTIFACTS_DIR / f"direct-{i}"
         folder.mkdir()
-        shutil.copy(source / tunix.TRAIN_DATA_FILENAME, folder / tunix.TRAIN_DATA_FILENAME)
-        config = json.loads((source / tunix.CONFIG_FILENAME).read_text())
-        config["dataset"]["path"] = str(folder / tunix.TRAIN_DATA_FILENAME)
+        shutil.copy(source / protocol.TRAIN_DATA_FILENAME, folder / protocol.TRAIN_DATA_FILENAME)
+        config = json.loads((source / protocol.CONFIG_FILENAME).read_text())
+        config["dataset"]["path"] = str(folder / protocol.TRAIN_DATA_FILENAME)
         config["output"] = {
             "dir": str(folder),
             "checkpoint_dir": str(folder / "checkpoints"),
             "tensorboard_dir": str(folder / "tensorboard"),
         }
         (folder / "cfg.json").write_text(json.dumps(config))
-        env = engine.child_environment(tunix.launcher_environment())
+        env = processes.child_environment(training.launcher_environment())
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "runs.launcher", str(folder / "cfg.json")],

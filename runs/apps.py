@@ -1,3 +1,7 @@
+"""The runs app: checks, the reaper thread of each worker process, the recurring schedules."""
+
+import threading
+
 from django.apps import AppConfig
 from django.core import checks
 from django.db.models.signals import post_migrate
@@ -10,17 +14,32 @@ class RunsConfig(AppConfig):
     def ready(self):
         from django_q.signals import post_spawn
 
-        from . import engine
-
         checks.register(check_queue_timing, checks.Tags.compatibility)
-        post_spawn.connect(engine.start_reaper_thread, dispatch_uid="tunixrt-reaper")
+        post_spawn.connect(start_reaper_thread, dispatch_uid="tunixrt-reaper")
         post_migrate.connect(_ensure_schedules, sender=self, dispatch_uid="tunixrt-schedules")
 
 
 def _ensure_schedules(**kwargs):
-    from . import services
+    from runs import services
 
     services.schedules_ensure()
+
+
+_reaper_started = False
+
+
+def start_reaper_thread(**kwargs) -> None:
+    """Reap at worker start, then every TUNIXRT_REAPER_INTERVAL_SECONDS, in a daemon thread
+    of the worker: it keeps running while the worker's main thread supervises a long run."""
+    global _reaper_started
+    # django-q2 also sends post_spawn when it runs a task inline (sync mode, in the web or
+    # test process); housekeeping belongs to real worker processes only.
+    if _reaper_started or kwargs.get("proc_name") == "MainProcess":
+        return
+    _reaper_started = True
+    from runs import services
+
+    threading.Thread(target=services.reaper_loop, name="tunixrt-reaper", daemon=True).start()
 
 
 def check_queue_timing(app_configs, **kwargs):

@@ -293,6 +293,7 @@ def cmd_delete(client: Client, args) -> int:
     return 0
 
 
+# long: the argparse declarations of every subcommand, one after another.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunixrt",

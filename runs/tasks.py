@@ -1,10 +1,10 @@
 """Queue entry points: load by id, call a service. Named by dotted path in django-q2."""
 
-from . import engine, services
+from runs import services
 
 
 def execute_run(run_id: str) -> str:
-    return engine.run_execute(run_id=run_id)
+    return services.run_execute(run_id=run_id)
 
 
 def reap_runs() -> str:

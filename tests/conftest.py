@@ -11,7 +11,8 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from runs import services, tunix
+from runs import hyperparameters, services, training
+from runs.datasets import services as dataset_services
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "runs" / "sample_data" / "reasoning-sample.jsonl"
@@ -52,7 +53,7 @@ def isolated_dirs(settings, tmp_path):
         folder = tmp_path / name.split("_")[0].lower()
         folder.mkdir()
         setattr(settings, name, folder)
-    tunix._probe_cache.clear()
+    training._probe_cache.clear()
     yield
 
 
@@ -119,7 +120,7 @@ def anon_api():
 
 def import_dataset(name="sample", version="v1", path=SAMPLE, **kwargs):
     with open(path, "rb") as handle:
-        return services.dataset_import(source=handle, name=name, version=version, **kwargs)
+        return dataset_services.dataset_import(source=handle, name=name, version=version, **kwargs)
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def tokenizer_model(tiny_model_dir, settings):
     """The tiny local model with a real byte-level BPE tokenizer.json beside its config
     (trained on the sample's strings; needs the `tokenizers` package of the tunix extra)."""
     pytest.importorskip("tokenizers")
-    from runs import tinymodel
+    from runs.launcher import tinymodel
 
     tokenizer = tinymodel.train_tokenizer(tinymodel.read_texts(SAMPLE), vocab_size=400)
     tokenizer.save(str(Path(settings.MODELS_DIR) / "tiny-llama3" / "tokenizer.json"))
@@ -162,7 +163,7 @@ def run_factory(user, dataset, tiny_model_dir):
     """Create runs through the service, optionally with a real command as the child."""
 
     def make(*, owner=None, mode="dry-run", command=None, **kwargs):
-        hp = {k: kwargs.pop(k) for k in list(kwargs) if k in tunix.HYPERPARAMETERS}
+        hp = {k: kwargs.pop(k) for k in list(kwargs) if k in hyperparameters.HYPERPARAMETERS}
         return services.run_create(
             owner=owner or user,
             dataset_key=kwargs.pop("dataset_key", dataset.key),
@@ -181,8 +182,8 @@ def tiny_launcher(settings):
     """Local runs are accepted and execute tests/programs/tiny_launcher.py, a real program
     that speaks the launcher's protocol, instead of Tunix."""
     settings.TUNIX_LAUNCHER_MODULE = "tests.programs.tiny_launcher"
-    tunix._probe_cache.clear()
-    assert tunix.probe().available, tunix.probe().message
+    training._probe_cache.clear()
+    assert training.probe().available, training.probe().message
     return settings.TUNIX_LAUNCHER_MODULE
 
 

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
-from runs import services
+from runs import services, storage
 from runs.models import Dataset, LogChunk, Metric, RunStatus, TunixRun
 
 from .conftest import py
@@ -30,7 +30,7 @@ def finished_run(run_factory, *, status=RunStatus.COMPLETED, log="hello\n", **kw
         Metric(run=run, name="train/loss", step=step, value=value)
         for step, value in ((1, 2.5), (2, 1.25), (3, 0.75))
     )
-    folder = services.run_output_path(run)
+    folder = storage.run_output_path(run)
     folder.mkdir(parents=True)
     (folder / "result.txt").write_text("x" * 100)
     run.refresh_from_db()
@@ -155,7 +155,7 @@ def test_actions_work_from_the_detail_page(admin_client, run_factory):
 def test_delete_with_artifacts_asks_first_then_removes_rows_and_files(admin_client, run_factory):
     done = finished_run(run_factory)
     waiting = pending_run(run_factory)
-    folder = services.run_output_path(done)
+    folder = storage.run_output_path(done)
 
     confirm = act(admin_client, "delete_with_artifacts", [done, waiting])
     page = confirm.content.decode()
@@ -164,7 +164,7 @@ def test_delete_with_artifacts_asks_first_then_removes_rows_and_files(admin_clie
     assert TunixRun.objects.count() == 2 and folder.is_dir()
 
     response = act(admin_client, "delete_with_artifacts", [done, waiting], post="yes")
-    assert "Deleted 1 run(s) and freed 100 B of files." in response.content.decode()
+    assert "Deleted 1 run(s) and freed 100 bytes of files." in response.content.decode()
     assert not TunixRun.objects.filter(id=done.id).exists() and not folder.exists()
     assert not LogChunk.objects.filter(run_id=done.id).exists()
     assert TunixRun.objects.filter(id=waiting.id, status=RunStatus.PENDING).exists()
@@ -180,7 +180,7 @@ def test_django_bulk_delete_is_replaced_by_the_one_that_removes_files(admin_clie
 
 def test_the_delete_page_uses_the_service_and_refuses_active_runs(admin_client, run_factory):
     run = finished_run(run_factory)
-    folder = services.run_output_path(run)
+    folder = storage.run_output_path(run)
     url = reverse("admin:runs_tunixrun_delete", args=[run.id])
     page = admin_client.get(url).content.decode()
     assert "1 log chunks" in page and "3 metrics" in page and run.output_dir in page
@@ -224,7 +224,7 @@ def test_dataset_admin_lists_shows_and_protects_datasets_in_use(
     admin_client.post(delete_url, {"post": "yes"})
     assert Dataset.objects.filter(pk=dataset.pk).exists()
 
-    path = services.dataset_path(dataset)
+    path = storage.dataset_path(dataset)
     services.run_delete(run=run)
     with django_capture_on_commit_callbacks(execute=True):  # the file goes after the commit
         assert admin_client.post(delete_url, {"post": "yes"}).status_code == 302

@@ -16,7 +16,7 @@ from schemathesis.config import SchemathesisConfig
 
 from runs import services
 from runs.models import LogChunk, Metric, TunixRun
-from runs.paths import safe_relative
+from runs.storage import safe_relative
 from tunixrt.wsgi import application
 
 from .conftest import py

@@ -3,7 +3,7 @@
 import math
 import xml.etree.ElementTree as ET
 
-from runs import charts
+from runs.pages import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 

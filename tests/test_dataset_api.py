@@ -9,7 +9,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from runs import selectors
+from runs import services
+from runs.datasets import selectors as dataset_selectors
 from runs.models import Dataset
 
 from .conftest import SAMPLE
@@ -241,7 +242,7 @@ def test_export_downloads_the_rendered_training_jsonl(api, dataset):
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="sample-v1-qwen3.jsonl"'
     content = b"".join(response.streaming_content).decode()
-    assert content == "".join(selectors.dataset_rendered_lines(dataset, family="qwen3"))
+    assert content == "".join(dataset_selectors.dataset_rendered_lines(dataset, family="qwen3"))
     lines = content.splitlines()
     assert len(lines) == 240
     assert json.loads(lines[0])["prompt"].startswith("<|im_start|>user\n")
@@ -259,7 +260,6 @@ def test_delete_is_204_for_the_owner_and_removes_the_file(
 
 
 def test_delete_is_409_while_runs_refer_to_the_dataset(api, staff_user, dataset, run_factory):
-    from runs import services
 
     from .conftest import ApiClient
 

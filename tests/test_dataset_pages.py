@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from runs import selectors
+from runs.datasets import selectors as dataset_selectors
 from runs.models import Dataset
 
 from .test_dataset_validation import CHAT, PAIR, jsonl
@@ -133,7 +133,7 @@ def test_the_preview_shows_rows_as_data_and_as_masked_training_text(browser_clie
     assert masked in page
     assert '<span class="ds-trained" title="completion: trained on">done &amp; dusted' in page
     assert "Line 1" in page and "Line 2" in page
-    figures = selectors.dataset_truncation(
+    figures = dataset_selectors.dataset_truncation(
         Dataset.objects.get(), family="llama3", max_seq_length=80
     )
     assert f"{figures['truncated_rows']} of 2 rows" in page
@@ -167,7 +167,7 @@ def test_an_htmx_preview_request_gets_only_the_preview_fragment(browser_client, 
     "query,message",
     [
         ("max_seq_length=abc", "Must be an integer."),
-        ("max_seq_length=4", "Must be between 16 and 32768."),
+        ("max_seq_length=4", "Must be between 16 and 32,768."),
         ("rows=500", "Must be between 1 and 50."),
         ("model_id=local:missing", "No local model"),
     ],
@@ -188,7 +188,7 @@ def test_export_downloads_the_training_text_of_the_chosen_family(browser_client,
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="sample-v1-gemma3.jsonl"'
     content = b"".join(response.streaming_content).decode()
-    assert content == "".join(selectors.dataset_rendered_lines(dataset, family="gemma3"))
+    assert content == "".join(dataset_selectors.dataset_rendered_lines(dataset, family="gemma3"))
 
 
 def test_the_owner_deletes_a_dataset_and_its_file(

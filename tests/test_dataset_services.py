@@ -12,8 +12,12 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from runs import datasets, launcher, selectors, services, tunix
+from runs import protocol, services, storage
+from runs.datasets import rendering, validation
+from runs.datasets import selectors as dataset_selectors
+from runs.datasets import services as dataset_services
 from runs.errors import Conflict, Forbidden, InvalidInput, PayloadTooLarge
+from runs.launcher import data as launcher_data
 from runs.models import Dataset, RunStatus
 
 from .test_dataset_validation import CHAT, PAIR, REASONING, jsonl
@@ -22,7 +26,9 @@ pytestmark = pytest.mark.django_db
 
 
 def import_bytes(data: bytes, name="d", version="v1", **kwargs) -> Dataset:
-    return services.dataset_import(source=io.BytesIO(data), name=name, version=version, **kwargs)
+    return dataset_services.dataset_import(
+        source=io.BytesIO(data), name=name, version=version, **kwargs
+    )
 
 
 def stored_files(root) -> list[str]:
@@ -102,7 +108,10 @@ def test_a_second_import_of_a_version_is_refused_and_the_first_is_untouched(sett
 def test_a_new_version_lives_beside_the_old_one():
     import_bytes(jsonl(PAIR), version="v1")
     import_bytes(jsonl(PAIR, PAIR), version="v2")
-    assert [(d.key, d.row_count) for d in selectors.datasets_all()] == [("d-v1", 1), ("d-v2", 2)]
+    assert [(d.key, d.row_count) for d in dataset_selectors.datasets_all()] == [
+        ("d-v1", 1),
+        ("d-v2", 2),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +134,7 @@ def test_delete_removes_the_row_then_the_file_after_commit(
     dataset = import_bytes(jsonl(PAIR), owner=user)
     path = settings.DATASETS_DIR / dataset.file_path
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.dataset_delete(dataset=dataset, user=user)
+        dataset_services.dataset_delete(dataset=dataset, user=user)
     assert not Dataset.objects.exists()
     assert path.exists()  # not before the delete has committed
     for callback in callbacks:
@@ -136,7 +145,7 @@ def test_delete_removes_the_row_then_the_file_after_commit(
 def test_delete_is_refused_while_a_run_refers_to_the_dataset(run_factory, dataset, staff_user):
     run_factory()
     with pytest.raises(Conflict) as err:
-        services.dataset_delete(dataset=dataset, user=staff_user)
+        dataset_services.dataset_delete(dataset=dataset, user=staff_user)
     assert "used by 1 run" in err.value.message
     assert Dataset.objects.filter(pk=dataset.pk).exists()
 
@@ -146,9 +155,9 @@ def test_only_the_owner_or_staff_may_delete_a_dataset(
 ):
     dataset = import_bytes(jsonl(PAIR), owner=user)
     with pytest.raises(Forbidden):
-        services.dataset_delete(dataset=dataset, user=other_user)
+        dataset_services.dataset_delete(dataset=dataset, user=other_user)
     with django_capture_on_commit_callbacks(execute=True):
-        services.dataset_delete(dataset=dataset, user=staff_user)
+        dataset_services.dataset_delete(dataset=dataset, user=staff_user)
     assert not Dataset.objects.exists()
 
 
@@ -183,11 +192,11 @@ LLAMA_ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
 def test_each_format_renders_to_the_llama3_training_text(row, prompt, completion, settings):
     dataset = import_bytes(jsonl(row))
-    [preview] = selectors.dataset_preview_rows(dataset, family="llama3")
+    [preview] = dataset_selectors.dataset_preview_rows(dataset, family="llama3")
     assert (preview["line"], preview["data"]) == (1, row)
     assert (preview["prompt"], preview["completion"]) == (prompt, completion)
     target = settings.ARTIFACTS_DIR / "train.jsonl"
-    services.dataset_render_to(dataset, "llama3", target)
+    dataset_services.dataset_render_to(dataset, "llama3", target)
     assert json.loads(target.read_text()) == {"prompt": prompt, "completion": completion}
 
 
@@ -210,7 +219,7 @@ def test_each_format_renders_to_the_llama3_training_text(row, prompt, completion
 )
 def test_chat_rows_render_with_the_chosen_familys_template(family, prompt, completion):
     dataset = import_bytes(jsonl(CHAT))
-    [row] = selectors.dataset_preview_rows(dataset, family=family)
+    [row] = dataset_selectors.dataset_preview_rows(dataset, family=family)
     assert (row["prompt"], row["completion"]) == (prompt, completion)
 
 
@@ -223,7 +232,7 @@ def test_earlier_assistant_turns_are_part_of_the_masked_prompt():
             {"role": "assistant", "content": "4"},
         ]
     }
-    [preview] = selectors.dataset_preview_rows(import_bytes(jsonl(row)), family="qwen2")
+    [preview] = dataset_selectors.dataset_preview_rows(import_bytes(jsonl(row)), family="qwen2")
     assert preview["prompt"].count("<|im_start|>assistant\n") == 2
     assert "2<|im_end|>" in preview["prompt"]
     assert preview["completion"] == "4<|im_end|>\n"
@@ -232,11 +241,11 @@ def test_earlier_assistant_turns_are_part_of_the_masked_prompt():
 def test_preview_export_and_the_launchers_training_file_are_the_same_text(run_factory, dataset):
     run = run_factory()
     output, _ = services.run_prepare(run=run)
-    trained = (output / tunix.TRAIN_DATA_FILENAME).read_text()
-    exported = "".join(selectors.dataset_rendered_lines(dataset, family=run.model_family))
+    trained = (output / protocol.TRAIN_DATA_FILENAME).read_text()
+    exported = "".join(dataset_selectors.dataset_rendered_lines(dataset, family=run.model_family))
     assert exported == trained
     lines = trained.splitlines()
-    previews = selectors.dataset_preview_rows(dataset, family=run.model_family, limit=3)
+    previews = dataset_selectors.dataset_preview_rows(dataset, family=run.model_family, limit=3)
     assert [{"prompt": p["prompt"], "completion": p["completion"]} for p in previews] == [
         json.loads(line) for line in lines[:3]
     ]
@@ -255,12 +264,14 @@ def test_stats_count_characters_and_say_so_when_the_model_has_no_tokenizer(
         {"prompt": "z", "completion": "w" * 70},
     ]
     dataset = import_bytes(jsonl(*rows))
-    family, model = selectors.dataset_target(model_id=tiny_model_dir)
-    figures = selectors.dataset_truncation(dataset, family=family, model=model, max_seq_length=120)
+    family, model = dataset_selectors.dataset_target(model_id=tiny_model_dir)
+    figures = dataset_selectors.dataset_truncation(
+        dataset, family=family, model=model, max_seq_length=120
+    )
     lengths = []
     prompts = []
     for row in rows:
-        rendered = datasets.render_row(row, dataset.format, "llama3")
+        rendered = rendering.render_row(row, dataset.format, "llama3")
         lengths.append(len(rendered["prompt"]) + len(rendered["completion"]))
         prompts.append(len(rendered["prompt"]))
     assert figures["unit"] == "characters"
@@ -279,11 +290,11 @@ def test_stats_count_tokens_the_way_the_launcher_does_when_a_tokenizer_is_there(
 ):
     from tokenizers import Tokenizer
 
-    family, model = selectors.dataset_target(model_id=tokenizer_model)
+    family, model = dataset_selectors.dataset_target(model_id=tokenizer_model)
     tokenizer = Tokenizer.from_file(str(Path(model.path) / "tokenizer.json"))
     rendered = [
-        datasets.render_row(row, dataset.format, family)
-        for row in datasets.iter_rows(selectors.dataset_file(dataset))
+        rendering.render_row(row, dataset.format, family)
+        for row in validation.iter_rows(storage.dataset_file(dataset))
     ]
     prompts = [len(tokenizer.encode(r["prompt"], add_special_tokens=False).ids) for r in rendered]
     lengths = [
@@ -291,7 +302,7 @@ def test_stats_count_tokens_the_way_the_launcher_does_when_a_tokenizer_is_there(
         for p, r in zip(prompts, rendered, strict=True)
     ]
     max_len = sorted(lengths)[len(lengths) // 2]  # a cut-off inside the distribution
-    figures = selectors.dataset_truncation(
+    figures = dataset_selectors.dataset_truncation(
         dataset, family=family, model=model, max_seq_length=max_len
     )
     assert figures["unit"] == "tokens"
@@ -302,10 +313,10 @@ def test_stats_count_tokens_the_way_the_launcher_does_when_a_tokenizer_is_there(
     assert figures["max"] == max(lengths)
     # The launcher's own tokenisation drops exactly the rows counted as dropped.
     for cut in (max_len, sorted(prompts)[len(prompts) // 2]):
-        counted = selectors.dataset_truncation(
+        counted = dataset_selectors.dataset_truncation(
             dataset, family=family, model=model, max_seq_length=cut
         )
-        _, dropped = launcher.tokenize_rows(rendered, tokenizer, cut)
+        _, dropped = launcher_data.tokenize_rows(rendered, tokenizer, cut)
         assert counted["dropped_rows"] == dropped
     assert dropped > 0
 
@@ -314,26 +325,30 @@ def test_stats_fall_back_to_characters_when_tokenizers_cannot_be_imported(
     tokenizer_model, dataset, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # what `import` sees without it
-    family, model = selectors.dataset_target(model_id=tokenizer_model)
-    figures = selectors.dataset_truncation(dataset, family=family, model=model, max_seq_length=64)
+    family, model = dataset_selectors.dataset_target(model_id=tokenizer_model)
+    figures = dataset_selectors.dataset_truncation(
+        dataset, family=family, model=model, max_seq_length=64
+    )
     assert figures["unit"] == "characters"
     assert "tokenizers package is not installed" in figures["counted_with"]
 
 
 def test_stats_for_a_hub_model_are_counted_in_characters(dataset):
-    family, model = selectors.dataset_target(model_id="Qwen/Qwen2.5-0.5B")
+    family, model = dataset_selectors.dataset_target(model_id="Qwen/Qwen2.5-0.5B")
     assert family == "qwen2"
-    figures = selectors.dataset_truncation(dataset, family=family, model=model, max_seq_length=64)
+    figures = dataset_selectors.dataset_truncation(
+        dataset, family=family, model=model, max_seq_length=64
+    )
     assert figures["unit"] == "characters"
     assert "Qwen/Qwen2.5-0.5B is not a local model" in figures["counted_with"]
 
 
 def test_an_unknown_model_or_family_is_a_field_error():
     with pytest.raises(InvalidInput) as err:
-        selectors.dataset_target(model_id="local:nope")
+        dataset_selectors.dataset_target(model_id="local:nope")
     assert "model_id" in err.value.fields
     with pytest.raises(InvalidInput) as err:
-        selectors.dataset_target(family="gpt2")
+        dataset_selectors.dataset_target(family="gpt2")
     assert "family" in err.value.fields
 
 
@@ -364,7 +379,7 @@ def test_a_dry_run_counts_tokens_when_the_model_has_a_tokenizer(tokenizer_model,
 
 def test_dataset_choices_label_each_key_with_its_row_count(dataset):
     import_bytes(jsonl(PAIR), name="one")
-    assert selectors.dataset_choices() == [
+    assert dataset_selectors.dataset_choices() == [
         ("one-v1", "one-v1 (1 row, Prompt / completion)"),
         ("sample-v1", "sample-v1 (240 rows, Reasoning traces)"),
     ]
@@ -396,15 +411,17 @@ def test_token_stats_of_a_large_dataset_are_estimated_from_an_even_sample(
     from tokenizers import Tokenizer
 
     settings.DATASET_STATS_MAX_TOKENIZED_ROWS = 50
-    family, model = selectors.dataset_target(model_id=tokenizer_model)
-    figures = selectors.dataset_truncation(dataset, family=family, model=model, max_seq_length=100)
+    family, model = dataset_selectors.dataset_target(model_id=tokenizer_model)
+    figures = dataset_selectors.dataset_truncation(
+        dataset, family=family, model=model, max_seq_length=100
+    )
     assert figures["rows"] == 240 and figures["measured_rows"] == 48
     assert figures["counted_with"].endswith("Estimated from every 5th row (48 rows tokenized).")
     tokenizer = Tokenizer.from_file(str(Path(model.path) / "tokenizer.json"))
-    rows = list(datasets.iter_rows(selectors.dataset_file(dataset)))[::5]
+    rows = list(validation.iter_rows(storage.dataset_file(dataset)))[::5]
     lengths = []
     for row in rows:
-        r = datasets.render_row(row, dataset.format, family)
+        r = rendering.render_row(row, dataset.format, family)
         lengths.append(sum(len(tokenizer.encode(r[k], add_special_tokens=False).ids) for k in r))
     share = sum(n > 100 for n in lengths) / 48
     assert figures["truncated_share"] == round(share, 4)
@@ -416,11 +433,11 @@ def test_a_stored_file_that_went_missing_or_was_edited_is_a_conflict(settings):
     path = settings.DATASETS_DIR / dataset.file_path
     path.write_text('{"prompt": "x"}\n')
     with pytest.raises(Conflict) as err:
-        selectors.dataset_preview_rows(dataset, family="llama3")
+        dataset_selectors.dataset_preview_rows(dataset, family="llama3")
     assert "changed since it was imported (KeyError)" in err.value.message
     with pytest.raises(Conflict):
-        selectors.dataset_truncation(dataset, family="llama3", max_seq_length=64)
+        dataset_selectors.dataset_truncation(dataset, family="llama3", max_seq_length=64)
     path.unlink()
     with pytest.raises(Conflict) as err:
-        selectors.dataset_rendered_lines(dataset, family="llama3")
+        dataset_selectors.dataset_rendered_lines(dataset, family="llama3")
     assert err.value.message == "The file of dataset d-v1 is missing from the datasets folder."

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runs import datasets
+from runs.datasets import validation
 
 REASONING = {
     "prompt": "What is 2 + 3?",
@@ -35,7 +35,7 @@ def jsonl(*rows) -> bytes:
 
 def check(data: bytes, *, chunk=1024 * 1024, max_bytes=10**9, max_line=10**6, fmt=None):
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
-    return datasets.validate_stream(
+    return validation.validate_stream(
         chunks, declared_format=fmt, max_bytes=max_bytes, max_line_bytes=max_line
     )
 
@@ -292,7 +292,7 @@ def test_a_utf16_file_is_refused_as_a_whole():
 def test_reading_stops_after_the_first_twenty_errors():
     data = jsonl(PAIR, *([{"prompt": "x"}] * 500))
     report = check(data, chunk=100)
-    assert len(report.errors) == datasets.MAX_REPORTED_ERRORS
+    assert len(report.errors) == validation.MAX_REPORTED_ERRORS
     assert report.errors[0].startswith("line 2: ") and report.errors[-1].startswith("line 21: ")
     assert report.stopped_early
     assert "stopped reading after 20 errors" in report.summary()
@@ -335,7 +335,7 @@ def test_a_line_exactly_at_the_length_limit_is_accepted():
 def test_the_sink_receives_exactly_the_bytes_that_were_read(tmp_path):
     data = b"\xef\xbb\xbf" + jsonl(PAIR, CHAT)
     with open(tmp_path / "copy", "wb") as sink:
-        datasets.validate_stream(
+        validation.validate_stream(
             [data[:5], data[5:]], max_bytes=10**6, max_line_bytes=10**6, sink=sink
         )
     assert (tmp_path / "copy").read_bytes() == data
@@ -344,4 +344,4 @@ def test_the_sink_receives_exactly_the_bytes_that_were_read(tmp_path):
 def test_stored_rows_are_read_back_with_the_line_numbers_validation_uses(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + jsonl(PAIR) + b"\n\r\n" + jsonl(CHAT))
-    assert [n for n, _ in datasets.iter_numbered_rows(path)] == [1, 4]
+    assert [n for n, _ in validation.iter_numbered_rows(path)] == [1, 4]

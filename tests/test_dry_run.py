@@ -2,10 +2,9 @@ import json
 
 import pytest
 
-from runs import services
 from runs.errors import InvalidInput, TunixUnavailable
+from runs.hyperparameters import HYPERPARAMETERS
 from runs.models import LogChunk, RunStatus, TunixRun
-from runs.tunix import HYPERPARAMETERS
 
 from .conftest import import_dataset
 
@@ -144,4 +143,4 @@ def test_dry_run_records_the_tunix_probe(run_factory, python_without_tunix, sett
     settings.TUNIX_PYTHON = python_without_tunix
     run = run_factory()
     assert run.environment["tunix_available"] is False
-    assert services.run_get(run_id=run.id) == run
+    assert TunixRun.objects.get(id=run.id) == run

@@ -10,7 +10,7 @@ import psutil
 import pytest
 from django.db import connection
 
-from runs import engine, services
+from runs import processes, services
 from runs.models import LogChunk, Metric, RunStatus, TunixRun
 
 from .conftest import py, wait_for
@@ -35,7 +35,7 @@ def group_alive(run) -> list:
     run.refresh_from_db()
     if not run.pgid:
         return []
-    return engine.group_members(run.pgid, run.environment.get("pid_create_time"))
+    return processes.group_members(run.pgid, run.environment.get("pid_create_time"))
 
 
 def test_a_short_command_completes_with_exit_code_0_and_its_logs(start_cluster, run_factory):
@@ -258,7 +258,7 @@ def test_claim_is_exclusive_among_concurrent_claimers(run_factory):
 def test_a_redelivered_task_for_a_finished_run_returns_at_once(run_factory):
     run = run_factory(mode="local", command=["true"])
     services.run_cancel(run=run)
-    assert engine.run_execute(run_id=run.id).startswith("skipped")
+    assert services.run_execute(run_id=run.id).startswith("skipped")
 
 
 def test_cancel_racing_completion_leaves_one_final_state(run_factory):

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from runs import engine, services, tunix
+from runs import protocol, services, storage, supervisor
 from runs.models import LogChunk, RunStatus, TunixRun
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +61,7 @@ def test_cancel_of_a_running_run_whose_worker_is_gone_finishes_it(run_factory, s
 
 def test_the_log_cap_keeps_head_and_tail_with_a_marker(run_factory):
     run = run_factory(mode="local", command=["true"])
-    writer = engine.LogWriter(run.id, cap=1000)
+    writer = supervisor.LogWriter(run.id, cap=1000)
     for i in range(100):
         writer.write("stdout", f"line {i:03d} " + "x" * 40 + "\n")
     texts = list(LogChunk.objects.filter(run=run).order_by("seq").values_list("text", flat=True))
@@ -84,7 +84,7 @@ def test_the_log_cap_keeps_head_and_tail_with_a_marker(run_factory):
     ],
 )
 def test_only_json_objects_with_an_event_key_are_events(line, expected):
-    assert tunix.parse_event(line) == expected
+    assert protocol.parse_event(line) == expected
 
 
 def test_the_output_archive_holds_the_runs_files_and_no_symlinked_outsiders(
@@ -93,21 +93,19 @@ def test_the_output_archive_holds_the_runs_files_and_no_symlinked_outsiders(
     import io
     import tarfile
 
-    from runs import selectors
-
     run = run_factory(mode="local", command=["true"])
-    folder = services.run_output_path(run)
+    folder = storage.run_output_path(run)
     (folder / "checkpoints" / "10").mkdir(parents=True)
     (folder / "checkpoints" / "10" / "commit_success.txt").write_text("ok")
     (folder / "notes.txt").write_text("hello")
     secret = tmp_path / "secret.txt"
     secret.write_text("outside")
     (folder / "leak.txt").symlink_to(secret)
-    data = b"".join(selectors.run_output_archive(run))
+    data = b"".join(storage.run_output_archive(run))
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         names = sorted(archive.getnames())
     base = folder.name
     assert names == [f"{base}/checkpoints/10/commit_success.txt", f"{base}/notes.txt"]
-    assert services.run_checkpoints(run) == [
+    assert storage.run_checkpoints(run) == [
         {"step": 10, "complete": True, "path": "checkpoints/10"}
     ]

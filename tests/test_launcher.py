@@ -1,7 +1,7 @@
 """The Tunix launcher, run for real as the supervisor runs it: a subprocess.
 
 Each test trains (or fails to train) a tiny random Llama-3-style model made by
-runs.tinymodel; nothing is mocked and no Django is involved. The conftest skips
+runs.launcher.tinymodel; nothing is mocked and no Django is involved. The conftest skips
 tests marked `tunix` where google-tunix is not installed.
 """
 
@@ -117,7 +117,14 @@ def train_data(workspace) -> Path:
 def tiny_model(workspace, train_data) -> Path:
     model_dir = workspace / "tiny-llama3"
     subprocess.run(
-        [sys.executable, "-m", "runs.tinymodel", str(model_dir), "--data", str(train_data)],
+        [
+            sys.executable,
+            "-m",
+            "runs.launcher.tinymodel",
+            str(model_dir),
+            "--data",
+            str(train_data),
+        ],
         cwd=workspace,
         env=child_env(),
         check=True,

@@ -16,9 +16,11 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from runs import retention, services, tasks
+from runs import services, storage, tasks
+from runs.datasets import services as dataset_services
 from runs.errors import Conflict, InvalidInput
 from runs.models import FolderDeletion, LogChunk, Metric, RunStatus, TunixRun
+from runs.services import retention
 
 from .conftest import REPO, database_env
 
@@ -41,7 +43,7 @@ def make_run(
         status=status, finished_at=finished, pinned=pinned, log_bytes=chunks * 70
     )
     if files:
-        folder = services.run_output_path(run)
+        folder = storage.run_output_path(run)
         (folder / "checkpoints" / "1").mkdir(parents=True)
         (folder / "checkpoints" / "1" / "weights.bin").write_bytes(b"w" * 1000)
         (folder / "config.json").write_bytes(b"{}" * 12)
@@ -54,7 +56,7 @@ def exists(run) -> bool:
 
 
 def folder(run) -> Path:
-    return services.run_output_path(run)
+    return storage.run_output_path(run)
 
 
 @pytest.mark.django_db
@@ -291,13 +293,13 @@ def test_a_dataset_is_deleted_with_its_file_only_when_no_run_uses_it(
     run_factory, dataset, staff_user, django_capture_on_commit_callbacks
 ):
     run = make_run(run_factory, finished=timezone.now())
-    path = services.dataset_path(dataset)
+    path = storage.dataset_path(dataset)
     with pytest.raises(Conflict, match="used by 1 run"):
-        services.dataset_delete(dataset=dataset, user=staff_user)
+        dataset_services.dataset_delete(dataset=dataset, user=staff_user)
     assert path.is_file()
     services.run_delete(run=run)
     with django_capture_on_commit_callbacks(execute=True):  # the file goes after the commit
-        services.dataset_delete(dataset=dataset, user=staff_user)
+        dataset_services.dataset_delete(dataset=dataset, user=staff_user)
     assert not path.exists() and not type(dataset).objects.exists()
 
 

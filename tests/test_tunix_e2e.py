@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runs import services
+from runs import services, storage
 from runs.models import LogChunk, Metric, RunStatus, TunixRun
 
 from .conftest import REPO, SAMPLE, wait_for
@@ -32,7 +32,7 @@ def tiny_model(settings):
     """A real tiny Llama-3-style model and tokenizer, generated on the spot."""
     target = Path(settings.MODELS_DIR) / "tiny-llama3"
     subprocess.run(
-        [sys.executable, "-m", "runs.tinymodel", str(target), "--data", str(SAMPLE)],
+        [sys.executable, "-m", "runs.launcher.tinymodel", str(target), "--data", str(SAMPLE)],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -80,7 +80,7 @@ def test_a_local_run_trains_with_real_tunix_through_the_api(
     assert steps == sorted(set(steps))
     assert points[-1][1] < points[0][1], points
     assert Metric.objects.filter(run=run, name="eval/loss").exists()
-    checkpoints = services.run_checkpoints(run)
+    checkpoints = storage.run_checkpoints(run)
     assert any(c["complete"] and c["step"] == 12 for c in checkpoints), checkpoints
     # Tunix's own logging reached the log, not only our events.
     assert "Train step" in text or "tunix" in text.lower()
@@ -122,4 +122,4 @@ def test_resume_continues_from_the_parents_last_checkpoint(
     assert child.status == RunStatus.COMPLETED, child.message
     steps = [s for s, _ in losses(child)]
     assert steps and min(steps) > 12 and max(steps) == 20
-    assert any(c["complete"] and c["step"] == 20 for c in services.run_checkpoints(child))
+    assert any(c["complete"] and c["step"] == 20 for c in storage.run_checkpoints(child))

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from runs import services
 from runs.models import LogChunk, Metric, RunStatus, TunixRun
-from runs.views import HTMX_STOP_POLLING
+from runs.pages.views import HTMX_STOP_POLLING
 
 from .conftest import import_dataset, py
 
@@ -438,7 +438,7 @@ def test_polling_stops_with_286_once_the_run_is_final(client, run_factory, statu
 
 
 def test_a_final_run_keeps_polling_until_its_log_has_been_sent(client, run_factory, monkeypatch):
-    monkeypatch.setattr("runs.views.LOG_POLL_CHUNKS", 2)
+    monkeypatch.setattr("runs.pages.views.LOG_POLL_CHUNKS", 2)
     run = running_run(run_factory)
     add_chunks(run, "a\n", "b\n", "c\n")
     services.run_finish(run_id=run.id, status=RunStatus.COMPLETED, exit_code=0)

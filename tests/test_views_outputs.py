@@ -3,7 +3,7 @@ import tarfile
 
 import pytest
 
-from runs import services
+from runs import services, storage
 from runs.models import RunStatus, TunixRun
 
 pytestmark = pytest.mark.django_db
@@ -14,7 +14,7 @@ def finished_local_run(run_factory):
     run = run_factory(mode="local", command=["true"], max_steps=10)
     services.run_claim(run_id=run.id)
     services.run_finish(run_id=run.id, status=RunStatus.COMPLETED, exit_code=0)
-    folder = services.run_output_path(run)
+    folder = storage.run_output_path(run)
     for step, complete in ((5, True), (10, True), (12, False)):
         (folder / "checkpoints" / str(step)).mkdir(parents=True)
         if complete:

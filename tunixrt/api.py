@@ -4,8 +4,8 @@ from django.core.exceptions import RequestDataTooBig
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 
-from runs.api import router as runs_router
-from runs.dataset_api import router as datasets_router
+from runs.api.runs import router as runs_router
+from runs.datasets.api import router as datasets_router
 from runs.errors import ServiceError
 
 api = NinjaAPI(

@@ -160,7 +160,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = envint("TUNIXRT_MAX_BODY_BYTES", str(1024 * 1024))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 # File parts are held to DATASET_MAX_BYTES while they stream (413 past it), then spooled.
 FILE_UPLOAD_HANDLERS = [
-    "runs.uploads.SizeLimitUploadHandler",
+    "runs.datasets.uploads.SizeLimitUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]

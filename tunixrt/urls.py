@@ -7,6 +7,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("datasets/", include("runs.dataset_urls")),
-    path("", include("runs.urls")),
+    path("datasets/", include("runs.datasets.urls")),
+    path("", include("runs.pages.urls")),
 ]

@@ -5,22 +5,17 @@ import shlex
 
 from django import template
 
+from runs import formatting
+
 register = template.Library()
 
 
 @register.filter
 def duration(seconds) -> str:
-    """12 s, 3 min 04 s, 2 h 05 min."""
+    """1h 02m 03s, 4m 05s, 6s (runs.formatting.duration); empty when unknown."""
     if seconds is None or seconds == "":
         return ""
-    seconds = int(round(float(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return formatting.duration(float(seconds))
 
 
 @register.filter

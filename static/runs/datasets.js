@@ -1,5 +1,6 @@
-// Dataset pages: upload progress, confirm before delete, and showing a rejected upload's
-// errors in place (htmx does not swap 4xx answers by default). Pages work without it.
+// Dataset pages: upload progress and showing a rejected upload's
+// errors in place (htmx does not swap 4xx answers by default). Confirmation before a delete
+// is app.js's one handler. Pages work without it.
 (function () {
   "use strict";
 
@@ -23,13 +24,6 @@
         (status === 409 || status === 413 || status === 422)) {
       evt.detail.shouldSwap = true;
       evt.detail.isError = false;
-    }
-  });
-
-  document.addEventListener("submit", function (evt) {
-    var form = evt.target;
-    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
-      evt.preventDefault();
     }
   });
 })();

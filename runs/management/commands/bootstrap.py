@@ -6,6 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from runs import services
+
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "reasoning-sample.jsonl"
 
 
@@ -33,7 +35,6 @@ class Command(BaseCommand):
                 )
             )
         call_command("import_dataset", str(SAMPLE), name="sample", version="v1", if_missing=True)
-        from runs import services
 
         services.schedules_ensure()
         self.stdout.write(f"Data folder: {Path(settings.DATA_DIR)}")

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from runs import services
+from runs.datasets import services as dataset_services
 from runs.errors import ServiceError
 
 
@@ -42,7 +42,7 @@ class Command(BaseCommand):
             raise CommandError(f"{file} is not a file.")
         try:
             with open(file, "rb") as handle:
-                dataset = services.dataset_import(
+                dataset = dataset_services.dataset_import(
                     source=handle,
                     name=name,
                     version=version,

@@ -4,7 +4,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.paths import is_safe_segment
+from runs.storage import is_safe_segment
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "reasoning-sample.jsonl"
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
             [
                 settings.TUNIX_PYTHON,
                 "-m",
-                "runs.tinymodel",
+                "runs.launcher.tinymodel",
                 str(target),
                 "--data",
                 str(SAMPLE),

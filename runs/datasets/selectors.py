@@ -1,0 +1,267 @@
+"""Reads of datasets: lookups, lists, previews of the rendered training text, token
+statistics and truncation figures."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet
+
+from .. import protocol, training
+from ..errors import Conflict, InvalidInput, NotFound
+from ..models import Dataset
+from ..storage import dataset_file
+from . import rendering, validation
+
+
+def datasets_all() -> QuerySet[Dataset]:
+    return Dataset.objects.order_by("name", "version")
+
+
+def dataset_get(key: str) -> Dataset:
+    """The dataset by key (looked up, never joined into a path), or NotFound."""
+    key = str(key)[:160]
+    dataset = None
+    if "\x00" not in key:  # PostgreSQL refuses NUL in a query; no key holds one
+        dataset = (
+            Dataset.objects.select_related("owner")
+            .annotate(run_count=Count("tunixrun"))
+            .filter(key=key)
+            .first()
+        )
+    if dataset is None:
+        raise NotFound(f"No dataset '{key}'.")
+    return dataset
+
+
+def datasets_list(*, q: str | None = None, format: str | None = None) -> QuerySet[Dataset]:
+    """Datasets by name and version, each with the number of runs that use it."""
+    found = Dataset.objects.select_related("owner").annotate(run_count=Count("tunixrun"))
+    if format:
+        found = found.filter(format=format)
+    if q:
+        q = q.replace("\x00", "").strip()[:100]
+        found = found.filter(Q(key__icontains=q) | Q(description__icontains=q))
+    return found.order_by("name", "version")
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    """(key, label) pairs for the run form's dataset field:
+    ("sample-v1", "sample-v1 (240 rows, Reasoning traces)")."""
+    return [
+        (key, f"{key} ({rows} row{'s' if rows != 1 else ''}, {dict(Dataset.Format.choices)[fmt]})")
+        for key, rows, fmt in datasets_all().values_list("key", "row_count", "format")
+    ]
+
+
+@contextlib.contextmanager
+def _reading(dataset: Dataset):
+    """Turn a stored file that no longer parses (edited after import) into Conflict."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Conflict(
+            f"The file of dataset {dataset.key} changed since it was imported "
+            f"({type(exc).__name__}); import it again as a new version."
+        ) from exc
+
+
+def dataset_target(
+    *, family: str | None = None, model_id: str | None = None
+) -> tuple[str, training.ModelRef | None]:
+    """The family whose chat template renders the rows, and the model (if one was named)
+    whose tokenizer counts them. A named model decides the family."""
+    if model_id:
+        try:
+            model = training.parse_model_ref(model_id)
+        except training.ModelRefError as exc:
+            raise InvalidInput(str(exc), fields={"model_id": str(exc)}) from exc
+        return model.family, model
+    if family and family not in protocol.FAMILIES:
+        message = f"Must be one of: {', '.join(protocol.FAMILIES)}."
+        raise InvalidInput("Unknown model family.", fields={"family": message})
+    return family or protocol.FAMILIES[0], None
+
+
+def dataset_preview_rows(dataset: Dataset, *, family: str, limit: int = 5) -> list[dict]:
+    """The first rows as stored and as the exact training text (prompt masked)."""
+    rows = []
+    with _reading(dataset):
+        for line, row in validation.iter_numbered_rows(dataset_file(dataset)):
+            rendered = rendering.render_row(row, dataset.format, family)
+            rows.append({"line": line, "data": row, **rendered})
+            if len(rows) >= limit:
+                break
+    return rows
+
+
+def dataset_rendered_lines(dataset: Dataset, *, family: str) -> Iterator[str]:
+    """The training JSONL of `dataset` for `family`, streamed: byte for byte what
+    datasets.services.dataset_render_to writes for the launcher."""
+    return rendering.rendered_lines(
+        validation.iter_rows(dataset_file(dataset)), dataset.format, family
+    )
+
+
+_tokenizers: OrderedDict[tuple, Any] = OrderedDict()
+
+
+_length_stats: OrderedDict[tuple, rendering.LengthStats] = OrderedDict()
+
+
+_cache_lock = threading.Lock()
+
+
+def _cached(cache: OrderedDict, key: tuple, make, size: int):
+    with _cache_lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _cache_lock:
+        cache[key] = value
+        while len(cache) > size:
+            cache.popitem(last=False)
+    return value
+
+
+def model_tokenizer(model: training.ModelRef | None) -> tuple[Any, str]:
+    """(tokenizer or None, how lengths are counted, in words). Only a local model's
+    tokenizer.json is used, and only when the `tokenizers` package is importable here (it
+    comes with the tunix extra; the web process never imports Tunix or JAX)."""
+    if model is None:
+        return None, "Counted in characters: no model chosen, so no tokenizer."
+    if model.source != "local":
+        return None, (
+            f"Counted in characters: {model.model_id} is not a local model, so its "
+            "tokenizer is not on this machine."
+        )
+    path = Path(model.path) / "tokenizer.json"
+    try:
+        stat = path.stat()
+    except OSError:
+        return None, f"Counted in characters: {model.model_id} has no tokenizer.json."
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None, (
+            "Counted in characters: the tokenizers package is not installed for the web "
+            "process (it comes with the tunix extra)."
+        )
+    try:
+        tokenizer = _cached(
+            _tokenizers,
+            (str(path), stat.st_mtime_ns, stat.st_size),
+            lambda: Tokenizer.from_file(str(path)),
+            size=4,
+        )
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception
+        return None, (
+            f"Counted in characters: the tokenizer of {model.model_id} cannot be loaded "
+            f"({str(exc)[:200]})."
+        )
+    return tokenizer, f"Counted in tokens with the tokenizer of {model.model_id}."
+
+
+def dataset_length_stats(
+    dataset: Dataset, *, family: str, model: training.ModelRef | None = None
+) -> tuple[rendering.LengthStats, str]:
+    """Lengths of every rendered row, in tokens when the model's tokenizer is available,
+    else in characters; (stats, how they were counted). One streaming pass over the file,
+    remembered per file hash, template and tokenizer, so changing max_seq_length is free."""
+    tokenizer, note = model_tokenizer(model)
+    tokenizer_key = None
+    every = 1
+    if tokenizer is not None:
+        stat = (Path(model.path) / "tokenizer.json").stat()
+        tokenizer_key = (model.path, stat.st_mtime_ns, stat.st_size)
+        # Tokenizing runs at thousands of rows a second, not hundreds of thousands: past a
+        # bound, an evenly spaced sample keeps a page or a dry-run to seconds.
+        every = max(1, -(-dataset.row_count // max(1, settings.DATASET_STATS_MAX_TOKENIZED_ROWS)))
+
+    def measure() -> rendering.LengthStats:
+        rows = validation.iter_rows(dataset_file(dataset))
+        with _reading(dataset):
+            if tokenizer is None:
+                return rendering.measure_lengths(rows, dataset.format, family)
+            return rendering.measure_lengths(
+                rows,
+                dataset.format,
+                family,
+                count=rendering.token_counter(tokenizer),
+                unit="tokens",
+                every=every,
+            )
+
+    key = (dataset.pk, dataset.sha256, dataset.format, family, tokenizer_key, every)
+    return _cached(_length_stats, key, measure, size=32), note
+
+
+def dataset_truncation(
+    dataset: Dataset,
+    *,
+    family: str,
+    model: training.ModelRef | None = None,
+    max_seq_length: int,
+    bins: int = 20,
+) -> dict[str, Any]:
+    """Statistics of the rendered rows at `max_seq_length`: how many the launcher would
+    truncate (longer than it) and drop (the prompt alone fills it), the length
+    distribution and a histogram, with the unit they are counted in."""
+    stats, note = dataset_length_stats(dataset, family=family, model=model)
+    truncated, dropped = stats.truncated(max_seq_length), stats.dropped(max_seq_length)
+    share = truncated / stats.rows if stats.rows else 0.0
+    rows = stats.rows
+    if stats.every > 1:
+        # A sample: scale to the whole file, and say so.
+        rows = dataset.row_count
+        note += f" Estimated from every {ordinal(stats.every)} row ({stats.rows} rows tokenized)."
+        truncated = round(share * rows)
+        dropped = round(dropped / stats.rows * rows) if stats.rows else 0
+    return {
+        "rows": rows,
+        "measured_rows": stats.rows,
+        "unit": stats.unit,
+        "counted_with": note,
+        "family": family,
+        "max_seq_length": max_seq_length,
+        "truncated_rows": truncated,
+        "truncated_share": round(share, 4),
+        "dropped_rows": dropped,
+        "min": min(stats.totals) if stats.rows else 0,
+        "median": stats.percentile(0.5),
+        "p95": stats.percentile(0.95),
+        "max": max(stats.totals) if stats.rows else 0,
+        "histogram": [
+            {"start": start, "end": end, "count": count}
+            for start, end, count in stats.histogram(bins)
+        ],
+    }
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def truncation_sentence(figures: dict[str, Any]) -> str:
+    """'3 of 240 rows (1.2%) would be truncated at max_seq_length=512 (characters) ...'."""
+    rows, truncated = figures["rows"], figures["truncated_rows"]
+    sentence = (
+        f"{truncated} of {rows} rows ({100 * figures['truncated_share']:.1f}%) would be "
+        f"truncated at max_seq_length={figures['max_seq_length']} ({figures['unit']})"
+    )
+    if figures["dropped_rows"]:
+        dropped = figures["dropped_rows"]
+        sentence += (
+            f", and {dropped} of them dropped because the prompt alone fills it"
+            if dropped != 1
+            else ", and 1 of them dropped because its prompt alone fills it"
+        )
+    return f"{sentence}. {figures['counted_with']}"

@@ -1,0 +1,76 @@
+"""The one table of hyperparameters, with their bounds, defaults and help.
+
+The model's fields, the API schemas, the run form, the service's validation and the launcher
+config all derive from `HYPERPARAMETERS`; a test fails if the model drifts from it.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Bound:
+    kind: type
+    default: Any
+    minimum: float
+    maximum: float
+    help: str
+    optional: bool = False
+
+    def describe(self) -> str:
+        """The bounds in plain numbers: "1 and 1,024", "1e-08 and 1"."""
+        return f"{format_number(self.minimum)} and {format_number(self.maximum)}"
+
+
+def format_number(value: float) -> str:
+    """Plain numbers for people: thousands separators for integers, short floats."""
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
+HYPERPARAMETERS: dict[str, Bound] = {
+    "learning_rate": Bound(float, 3e-4, 1e-8, 1.0, "Peak learning rate of AdamW."),
+    "num_epochs": Bound(int, 1, 1, 100, "Passes over the training split."),
+    "batch_size": Bound(int, 4, 1, 1024, "Rows per training step."),
+    "max_seq_length": Bound(int, 512, 16, 32768, "Tokens per row; longer rows are truncated."),
+    "max_steps": Bound(int, None, 1, 1_000_000, "Stop after this many steps.", optional=True),
+    "lora_rank": Bound(int, 8, 0, 1024, "LoRA rank; 0 trains all weights."),
+    "lora_alpha": Bound(float, 16.0, 0.01, 4096.0, "LoRA scaling numerator."),
+    "seed": Bound(int, 42, 0, 2**31 - 1, "Seed for the data split, shuffling and init."),
+    "eval_every_n_steps": Bound(int, 50, 1, 1_000_000, "Evaluate on the held-out split."),
+}
+
+
+def validate_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Return (clean values, field errors). Missing values take their defaults."""
+    clean: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, bound in HYPERPARAMETERS.items():
+        value = values.get(name)
+        if value is None or value == "":
+            if bound.default is None and not bound.optional:
+                errors[name] = "This field is required."
+            clean[name] = bound.default
+            continue
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            number = bound.kind(value)
+            if bound.kind is int and float(value) != number:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            errors[name] = f"Must be {'an integer' if bound.kind is int else 'a number'}."
+            continue
+        if isinstance(number, float) and not math.isfinite(number):
+            errors[name] = "Must be a finite number."
+            continue
+        if not bound.minimum <= number <= bound.maximum:
+            errors[name] = f"Must be between {bound.describe()}."
+            continue
+        clean[name] = number
+    return clean, errors

@@ -1,0 +1,167 @@
+"""The run form. Its fields and bounds come from runs.tunix.HYPERPARAMETERS (the table the
+API and the service read too); the service does the real validation, and its field errors
+are put back on the form's fields."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.urls import reverse
+
+from runs import hyperparameters, services
+from runs.datasets import selectors as dataset_selectors
+from runs.errors import InvalidInput
+from runs.models import RunMode
+
+# What the service calls each input; the form's fields carry the same names.
+MAIN_FIELDS = ("dataset_key", "model_id", "name")
+LIMIT_FIELDS = ("timeout_seconds",)
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize().replace("Lora", "LoRA")
+
+
+def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Field:
+    bounds = f"{bound.minimum:g} to {bound.maximum:g}"
+    help_text = f"{bound.help} {bounds}" + ("; empty for no limit." if bound.optional else ".")
+    common = {
+        "label": _label(name),
+        "required": not bound.optional,
+        "initial": bound.default,
+        "min_value": bound.minimum,
+        "max_value": bound.maximum,
+        "help_text": help_text,
+    }
+    if bound.kind is int:
+        return forms.IntegerField(**common)
+    return forms.FloatField(**common)
+
+
+class RunForm(forms.Form):
+    dataset_key = forms.ChoiceField(label="Dataset")
+    model_id = forms.CharField(
+        label="Model",
+        max_length=200,
+        help_text="local:NAME (a folder in the models directory), ORG/NAME (Hugging Face) or "
+        "kaggle:OWNER/MODEL/FRAMEWORK/VARIATION.",
+    )
+    name = forms.CharField(
+        label="Name", required=False, max_length=200, help_text="Optional, to find the run later."
+    )
+    timeout_seconds = forms.IntegerField()  # replaced in __init__
+    # Set by the button that submits the form ("Dry-run" or "Run with Tunix"), not rendered.
+    mode = forms.ChoiceField(choices=RunMode.choices, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, bound in hyperparameters.HYPERPARAMETERS.items():
+            self.fields[name] = _hyperparameter_field(name, bound)
+        self.fields["dataset_key"].choices = dataset_selectors.dataset_choices()
+        # Built here, not on the class, because its maximum is a setting.
+        self.fields["timeout_seconds"] = forms.IntegerField(
+            label="Timeout (seconds)",
+            min_value=10,
+            max_value=settings.RUN_TIMEOUT_MAX,
+            initial=settings.RUN_TIMEOUT_DEFAULT,
+            help_text="The run is stopped after this long; "
+            f"at most {settings.RUN_TIMEOUT_MAX:,} s.",
+        )
+        self.fields["model_id"].widget.attrs.update(
+            {"list": "model-choices", "autocomplete": "off", "spellcheck": "false"}
+        )
+        validate_url = reverse("runs:validate")
+        for name, field in self.fields.items():
+            if name == "mode":
+                continue
+            # Each input asks the server about itself as the user types or leaves it; the
+            # answer replaces only its error list, never the input being typed into.
+            field.widget.attrs.update(
+                {
+                    "hx-post": validate_url,
+                    "hx-trigger": "input changed delay:400ms, change",
+                    "hx-target": f"#errors-{name}",
+                    "hx-swap": "outerHTML",
+                    "hx-sync": "this:replace",
+                    "aria-describedby": f"help-{name} errors-{name}",
+                }
+            )
+
+    # --- groups for the template -------------------------------------------------------
+    def main_fields(self):
+        return [self[name] for name in MAIN_FIELDS]
+
+    def hyperparameter_fields(self):
+        return [self[name] for name in hyperparameters.HYPERPARAMETERS]
+
+    def limit_fields(self):
+        return [self[name] for name in LIMIT_FIELDS]
+
+    # --- to and from the service -------------------------------------------------------
+    @staticmethod
+    def initial_from_request(request: services.RunRequest) -> dict[str, Any]:
+        """Form initial values from services.run_request (for "Run again")."""
+        initial = {
+            name: getattr(request, name)
+            for name in ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
+        }
+        initial.update(request.hyperparameters)
+        return initial
+
+    def initial_data(self) -> dict[str, Any]:
+        """What this unbound form shows, as form data (to preview its defaults)."""
+        data = {}
+        for name, field in self.fields.items():
+            value = self.get_initial_for_field(field, name)
+            if value is None and name == "dataset_key" and field.choices:
+                value = field.choices[0][0]
+            if value is not None:
+                data[name] = value
+        return data
+
+    def run_request(self) -> services.RunRequest:
+        """The service's request from the cleaned values. Fields that did not clean are
+        left for the service to default or report, so one field can be checked alone."""
+        data = getattr(self, "cleaned_data", {})
+        return services.RunRequest(
+            dataset_key=data.get("dataset_key") or self.data.get("dataset_key", ""),
+            model_id=data.get("model_id") or str(self.data.get("model_id", "")).strip(),
+            name=data.get("name") or "",
+            mode=data.get("mode") or RunMode.DRY_RUN,
+            timeout_seconds=data.get("timeout_seconds"),
+            hyperparameters={
+                name: data[name]
+                for name in hyperparameters.HYPERPARAMETERS
+                if data.get(name) is not None
+            },
+        )
+
+    def add_service_errors(self, exc: InvalidInput) -> None:
+        """Put the service's field errors on the matching fields; the rest on the form."""
+        if not exc.fields:
+            self.add_error(None, exc.message)
+        for name, message in exc.fields.items():
+            if name in self.fields and name != "mode":
+                if message not in self.errors.get(name, []):
+                    self.add_error(name, message)
+            else:
+                self.add_error(None, f"{_label(name)}: {message}")
+
+    def check_field(self, name: str, *, owner) -> None:
+        """Validate the whole form, then ask the service about `name` alone, so an input
+        shows the same message as a submission would."""
+        self.is_valid()
+        if name in self.errors:
+            return
+        try:
+            services.run_plan(owner=owner, request=self.plan_request(), check_dataset=False)
+        except InvalidInput as exc:
+            if name in exc.fields:
+                self.add_error(name, exc.fields[name])
+
+    def plan_request(self) -> services.RunRequest:
+        """Like run_request, as a dry-run: a preview or a field check needs no Tunix."""
+        return replace(self.run_request(), mode=RunMode.DRY_RUN)

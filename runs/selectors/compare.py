@@ -1,0 +1,74 @@
+"""Runs side by side: configs flattened and differences marked."""
+
+from __future__ import annotations
+
+from ..errors import Forbidden, NotFound
+from ..models import TunixRun
+from .logs import run_metric_series
+from .runs import run_for_user
+
+
+def runs_for_compare(*, user, run_ids: list[str], limit: int = 10) -> tuple[list, list[str]]:
+    """The runs to compare, in the order given, and a message for each id that is unknown or
+    not visible to `user`. Duplicates are dropped."""
+    runs, problems, seen = [], [], set()
+    for run_id in run_ids:
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        if len(runs) >= limit:
+            problems.append(f"At most {limit} runs can be compared at once.")
+            break
+        try:
+            runs.append(run_for_user(user=user, run_id=run_id))
+        except (NotFound, Forbidden):
+            problems.append(f"Run {str(run_id)[:40]} was not found.")
+    return runs, problems
+
+
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, object] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> list[dict]:
+    """Rows of a side-by-side table: the run's inputs and outcome, then every config key
+    (flattened, `training.learning_rate`), each with one value per run and whether the
+    values differ. `metrics` (run_metric_series of each run) is read when not given."""
+    summaries = []
+    for index, run in enumerate(runs):
+        series = metrics[index] if metrics is not None else run_metric_series(run)
+        summary = {
+            "status": run.status,
+            "mode": run.mode,
+            "model_id": run.model_id,
+            "dataset_key": run.dataset_key,
+            "created_at": run.created_at.isoformat(timespec="seconds"),
+            "duration_seconds": run.duration_seconds,
+            "exit_code": run.exit_code,
+            "steps": run.progress_step,
+            "final train/loss": series["train/loss"][-1][1] if series.get("train/loss") else None,
+            "final eval/loss": series["eval/loss"][-1][1] if series.get("eval/loss") else None,
+        }
+        config = {k: v for k, v in (run.config or {}).items() if k != "schema"}
+        summary.update({f"config.{k}": v for k, v in _flatten(config).items()})
+        summaries.append(summary)
+    keys: list[str] = []
+    for summary in summaries:
+        keys.extend(k for k in summary if k not in keys)
+    rows = []
+    missing = object()
+    for key in keys:
+        values = [summary.get(key, missing) for summary in summaries]
+        rows.append(
+            {
+                "key": key,
+                "values": [None if v is missing else v for v in values],
+                "differs": any(v != values[0] for v in values[1:]),
+            }
+        )
+    return rows

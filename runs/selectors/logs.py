@@ -1,0 +1,117 @@
+"""Reads of a run's log chunks and metrics."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Max, Min
+
+from ..models import LogChunk, Metric, TunixRun
+
+
+def run_log_chunks(run: TunixRun, *, after: int = 0, limit: int = 500) -> list:
+    """Chunks after sequence number `after`, oldest first (the log-follow query)."""
+
+    return list(
+        LogChunk.objects.filter(run=run, seq__gt=after)
+        .order_by("seq")
+        .values("seq", "stream", "text")[:limit]
+    )
+
+
+def run_log_text(run: TunixRun):
+    """The whole stored log, streamed chunk by chunk."""
+
+    chunks = LogChunk.objects.filter(run=run).order_by("seq").values_list("text", flat=True)
+    return chunks.iterator(chunk_size=200)
+
+
+def run_log_tail(run: TunixRun, *, limit: int = 500) -> tuple[list, bool]:
+    """The newest `limit` chunks, oldest first, and whether earlier chunks exist (the run
+    page opens on the tail; the full log is a download)."""
+
+    newest = list(
+        LogChunk.objects.filter(run=run).order_by("-seq").values("seq", "stream", "text")[:limit]
+    )
+    newest.reverse()
+    earlier = bool(newest) and LogChunk.objects.filter(run=run, seq__lt=newest[0]["seq"]).exists()
+    return newest, earlier
+
+
+def run_log_excerpt(run: TunixRun, *, head_chars: int = 8000, tail_chars: int = 8000) -> dict:
+    """The beginning and the end of a run's stored log, for a summary (the admin detail).
+    Reads only the chunks it needs from each end, however long the log is. Returns
+    {"head", "tail", "omitted", "total_chunks"}: "omitted" says what lies between head and
+    tail ("" when the head is the whole log and the tail is empty)."""
+
+    chunks = LogChunk.objects.filter(run=run)
+    total = chunks.count()
+    first = _chunks_up_to(chunks.order_by("seq"), head_chars)
+    last = _chunks_up_to(chunks.order_by("-seq"), tail_chars)
+    seen = dict(first + last)
+    if len(seen) == total:
+        whole = "".join(seen[seq] for seq in sorted(seen))
+        if len(whole) <= head_chars + tail_chars:
+            return {"head": whole, "tail": "", "omitted": "", "total_chunks": total}
+        gap = len(whole) - head_chars - tail_chars
+        return {
+            "head": whole[:head_chars],
+            "tail": whole[-tail_chars:],
+            "omitted": f"{gap} characters",
+            "total_chunks": total,
+        }
+    return {
+        "head": "".join(text for _, text in first)[:head_chars],
+        "tail": "".join(text for _, text in reversed(last))[-tail_chars:],
+        "omitted": f"{total - len(seen)} chunks and the cut parts of others",
+        "total_chunks": total,
+    }
+
+
+def _chunks_up_to(ordered, chars: int, *, most: int = 200) -> list[tuple[int, str]]:
+    taken, size = [], 0
+    for seq, text in ordered.values_list("seq", "text")[:most]:
+        taken.append((seq, text))
+        size += len(text)
+        if size >= chars:
+            break
+    return taken
+
+
+def run_metric_series(run: TunixRun) -> dict[str, list[tuple[int, float]]]:
+    """{name: [(step, value), ...]} ordered by step."""
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in (
+        Metric.objects.filter(run=run).order_by("name", "step").values_list("name", "step", "value")
+    ):
+        series.setdefault(name, []).append((step, value))
+    return series
+
+
+def run_metric_count(run: TunixRun) -> int:
+    """How many metric points a run has: the run page redraws its chart when this changes."""
+
+    return Metric.objects.filter(run=run).count()
+
+
+def run_metric_summary(run: TunixRun) -> list[dict]:
+    """Per metric name: how many points, the step range, min, max and the last value."""
+
+    rows = list(
+        Metric.objects.filter(run=run)
+        .values("name")
+        .annotate(
+            points=Count("id"),
+            first_step=Min("step"),
+            last_step=Max("step"),
+            min=Min("value"),
+            max=Max("value"),
+        )
+        .order_by("name")
+    )
+    for row in rows:
+        row["last"] = (
+            Metric.objects.filter(run=run, name=row["name"], step=row["last_step"])
+            .values_list("value", flat=True)
+            .first()
+        )
+    return rows

@@ -1,0 +1,51 @@
+"""Every state change of runs and tokens. Pages, the API, the admin, management commands and
+queue tasks call these; none of them holds logic of its own. Datasets have their own in
+`runs.datasets.services`.
+
+Modules: `runs` (creation: plan, create, rerun, resume), `lifecycle` (enqueue, claim,
+prepare, supervise, finish, cancel, reap), `deletion` (delete, prune, pin), `retention` (the
+batched pruning behind `runs_prune`), `tokens`, `schedules`."""
+
+from .deletion import run_delete, run_set_pinned, runs_prune, runs_prune_expired
+from .lifecycle import (
+    reaper_loop,
+    run_cancel,
+    run_claim,
+    run_enqueue,
+    run_execute,
+    run_finish,
+    run_heartbeat_is_stale,
+    run_prepare,
+    runs_reap,
+)
+from .runs import RunPlan, RunRequest, run_create, run_plan, run_request, run_rerun, run_resume
+from .schedules import schedules_ensure
+from .tokens import api_token_authenticate, api_token_create, api_token_revoke, token_hash
+
+__all__ = [
+    "RunPlan",
+    "RunRequest",
+    "run_plan",
+    "run_create",
+    "run_request",
+    "run_rerun",
+    "run_resume",
+    "run_enqueue",
+    "run_claim",
+    "run_finish",
+    "run_heartbeat_is_stale",
+    "run_prepare",
+    "run_execute",
+    "run_cancel",
+    "runs_reap",
+    "reaper_loop",
+    "run_delete",
+    "runs_prune",
+    "runs_prune_expired",
+    "run_set_pinned",
+    "token_hash",
+    "api_token_create",
+    "api_token_authenticate",
+    "api_token_revoke",
+    "schedules_ensure",
+]

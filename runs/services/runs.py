@@ -1,0 +1,333 @@
+"""Creating runs: validate a request into a plan, record it (dry-run or queued), run again,
+continue from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from .. import protocol, storage, training
+from ..datasets.selectors import dataset_truncation, truncation_sentence
+from ..datasets.services import dataset_check
+from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
+from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
+from ..models import Dataset, RunMode, RunStatus, TunixRun
+from ..storage import UnsafePath, safe_relative
+from .lifecycle import run_enqueue
+
+log = logging.getLogger(__name__)
+
+
+def _queue_lock() -> None:
+    """Serialise the queue-limit check. SQLite's IMMEDIATE transactions already serialise
+    writers; PostgreSQL needs a lock, or two submissions could both count below the limit."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x7475_6E69])
+
+
+def _check_queue_limits(owner) -> None:
+    active = TunixRun.objects.filter(mode=RunMode.LOCAL, status=RunStatus.PENDING)
+    if active.filter(owner=owner).count() >= settings.MAX_QUEUED_RUNS_PER_USER:
+        raise LimitExceeded(
+            f"You already have {settings.MAX_QUEUED_RUNS_PER_USER} queued runs, the most "
+            "allowed per user; wait for some to start or cancel them."
+        )
+    if active.count() >= settings.MAX_QUEUED_RUNS_TOTAL:
+        raise LimitExceeded(
+            f"The queue is full ({settings.MAX_QUEUED_RUNS_TOTAL} queued runs); try again later."
+        )
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run's inputs, as a form, the API, "run again" and "continue" give them. The one shape
+    that run_plan, run_create and run_request share."""
+
+    dataset_key: str
+    model_id: str
+    mode: str = RunMode.DRY_RUN
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    output_dir: str | None = None
+    timeout_seconds: int | None = None
+    name: str = ""
+
+    # Fields that "run again" may change besides the hyperparameters.
+    CHANGEABLE = ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
+
+
+@dataclass
+class RunPlan:
+    """A validated, resolved run that is not stored yet (see run_plan)."""
+
+    run: TunixRun
+    problem: str | None  # what is wrong with the dataset (a dry-run records it as failed)
+    rows: int | None  # valid rows, when the dataset's content was checked
+
+
+@dataclass
+class _Checked:
+    """The request's fields after validation (run_plan's first step)."""
+
+    hyperparameters: dict[str, Any]
+    timeout_seconds: int
+    model: training.ModelRef
+    output_dir: str
+    output_path: Path
+
+
+def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
+    """Validate every field; InvalidInput with one message per bad field."""
+    if request.mode not in RunMode.values:
+        raise InvalidInput("Unknown mode.", fields={"mode": "Must be 'dry-run' or 'local'."})
+    hp, fields = validate_hyperparameters(request.hyperparameters or {})
+    timeout = request.timeout_seconds
+    if timeout is None:
+        timeout = settings.RUN_TIMEOUT_DEFAULT
+    elif not (isinstance(timeout, int) and 10 <= timeout <= settings.RUN_TIMEOUT_MAX):
+        fields["timeout_seconds"] = f"Must be between 10 and {settings.RUN_TIMEOUT_MAX} seconds."
+    model = None
+    try:
+        model = training.parse_model_ref(request.model_id)
+    except training.ModelRefError as exc:
+        fields["model_id"] = str(exc)
+    output_dir, output_path = request.output_dir or f"runs/{run_id}", None
+    try:
+        if len(output_dir) > 200:
+            raise UnsafePath("must be at most 200 characters")
+        output_path = safe_relative(Path(settings.ARTIFACTS_DIR), output_dir)
+        output_dir = str(output_path.relative_to(Path(settings.ARTIFACTS_DIR).resolve()))
+        if TunixRun.objects.filter(output_dir=output_dir).exists() or output_path.exists():
+            fields["output_dir"] = "This output folder is already in use."
+    except UnsafePath as exc:
+        fields["output_dir"] = f"Output folder {exc}."
+    if len(request.name) > 200:
+        fields["name"] = "At most 200 characters."
+    if fields:
+        raise InvalidInput("The run request is not valid.", fields=fields)
+    return _Checked(hp, timeout, model, output_dir, output_path)
+
+
+def _check_dataset(request: RunRequest, *, read_file: bool):
+    """(dataset or None, problem or None, validation report or None). A dry-run records the
+    problem; a local run refuses to queue (InvalidInput)."""
+    key = request.dataset_key
+    dataset = Dataset.objects.filter(key=key).first() if key else None
+    report = None
+    if dataset is None:
+        problem = f"Unknown dataset '{str(key)[:160]}'."
+    elif not read_file:
+        problem = None
+    else:
+        report = dataset_check(dataset)
+        problem = None if report.ok else f"Dataset {dataset.key} is not usable: {report.summary()}."
+    if problem and request.mode == RunMode.LOCAL:
+        raise InvalidInput(problem, fields={"dataset_key": problem})
+    return dataset, problem, report
+
+
+def run_plan(
+    *,
+    owner,
+    request: RunRequest,
+    parent: TunixRun | None = None,
+    command: list[str] | None = None,
+    check_dataset: bool = True,
+) -> RunPlan:
+    """Validate a run request and resolve its exact config and command, storing nothing.
+
+    run_create records what this returns; the run form previews it. Bad input raises
+    InvalidInput; a local run also raises when the dataset is unusable or Tunix is
+    unavailable. `check_dataset=False` skips re-reading the dataset file (the form's live
+    preview calls this on every change; the config does not depend on the file's rows).
+    """
+    run_id = uuid.uuid4()
+    checked = _check_request(request, run_id)
+    dataset, problem, report = _check_dataset(request, read_file=check_dataset)
+    status = training.probe() if command is None else None
+    if request.mode == RunMode.LOCAL and status is not None and not status.available:
+        raise TunixUnavailable(status.message)
+    resume_dir = None
+    if parent is not None:
+        resume_dir = str(
+            Path(settings.ARTIFACTS_DIR) / parent.output_dir / protocol.CHECKPOINTS_DIRNAME
+        )
+    sha256 = dataset.sha256 if dataset else ""
+    config = training.build_config(
+        run_id=str(run_id),
+        model=checked.model,
+        dataset_key=request.dataset_key,
+        dataset_sha256=sha256,
+        output_path=checked.output_path,
+        hyperparameters=checked.hyperparameters,
+        resume_checkpoint_dir=resume_dir,
+    )
+    run = TunixRun(
+        id=run_id,
+        owner=owner,
+        mode=request.mode,
+        name=request.name,
+        dataset=dataset,
+        dataset_key=str(request.dataset_key)[:160],
+        dataset_sha256=sha256,
+        model_id=request.model_id,
+        model_family=checked.model.family,
+        output_dir=checked.output_dir,
+        timeout_seconds=checked.timeout_seconds,
+        config=config,
+        command=command if command is not None else training.build_command(checked.output_path),
+        environment=_environment_from_probe(status),
+        parent=parent,
+        **checked.hyperparameters,
+    )
+    return RunPlan(run=run, problem=problem, rows=report.rows if report else None)
+
+
+def run_create(
+    *,
+    owner,
+    parent: TunixRun | None = None,
+    command: list[str] | None = None,
+    request: RunRequest | None = None,
+    **inputs: Any,
+) -> TunixRun:
+    """Validate and record a run, given as a RunRequest or as its fields by keyword.
+
+    A dry-run checks everything a local run would need, builds the exact config and
+    command, and finishes `completed` (or `failed`, naming the dataset problem) without
+    starting any process. A local run is validated the same way, then queued; bad input
+    raises InvalidInput and stores nothing. `command` replaces the Tunix launcher with
+    another argv; only trusted code (tests, benchmarks) passes it, never a request.
+    """
+    request = request or RunRequest(**inputs)
+    plan = run_plan(owner=owner, request=request, parent=parent, command=command)
+    run = plan.run
+    if request.mode == RunMode.DRY_RUN:
+        _finish_dry_run(plan)
+        _run_insert(run)
+        return run
+    with transaction.atomic():
+        _queue_lock()
+        _check_queue_limits(owner)
+        run.status = RunStatus.PENDING
+        run.phase = protocol.PHASE_QUEUED
+        run.enqueued_at = timezone.now()
+        _run_insert(run)
+        transaction.on_commit(lambda: run_enqueue(run_id=run.id))
+    return run
+
+
+def _finish_dry_run(plan: RunPlan) -> None:
+    """A dry-run ends as it is created: completed, or failed naming the dataset problem."""
+    run = plan.run
+    run.started_at = run.finished_at = timezone.now()
+    run.phase = protocol.PHASE_DONE
+    if plan.problem:
+        run.status = RunStatus.FAILED
+        run.message = f"Dry-run failed: {plan.problem}"
+        return
+    run.status = RunStatus.COMPLETED
+    run.message = (
+        f"Dry-run passed: {plan.rows} valid rows; the config and command below are "
+        "what a local run would execute. Nothing was executed."
+    )
+    figures = _dry_run_dataset_stats(
+        run.dataset, training.parse_model_ref(run.model_id), run.max_seq_length
+    )
+    if figures is not None:
+        run.environment = {**run.environment, "dataset_stats": figures}
+        run.message += " " + truncation_sentence(figures)
+
+
+def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict | None:
+    """The truncation figure a dry-run reports (see dataset_truncation), without
+    the histogram. A failure here must not fail the dry-run: it is logged and left out."""
+    try:
+        figures = dataset_truncation(
+            dataset, family=model.family, model=model, max_seq_length=max_seq_length
+        )
+    except Exception:
+        log.exception("dataset statistics for dry-run on %s failed", dataset.key)
+        return None
+    figures.pop("histogram", None)
+    return figures
+
+
+def _run_insert(run: TunixRun) -> None:
+    """Insert a new run. Two requests naming the same output folder can both pass the check
+    above; the unique constraint lets only one in, and the other gets the same 422."""
+    try:
+        with transaction.atomic():
+            run.save(force_insert=True)
+    except IntegrityError as exc:
+        raise InvalidInput(
+            "The run request is not valid.",
+            fields={"output_dir": "This output folder is already in use."},
+        ) from exc
+
+
+def _environment_from_probe(status: training.TunixStatus | None) -> dict[str, Any]:
+    if status is None:
+        return {}
+    return {"tunix_available": status.available, "probe": status.versions or {}}
+
+
+def run_request(run: TunixRun) -> RunRequest:
+    """The inputs that created `run` (for "run again" and "continue")."""
+    return RunRequest(
+        dataset_key=run.dataset_key,
+        model_id=run.model_id,
+        mode=run.mode,
+        timeout_seconds=run.timeout_seconds,
+        name=run.name,
+        hyperparameters={name: getattr(run, name) for name in HYPERPARAMETERS},
+    )
+
+
+def run_rerun(*, run: TunixRun, owner, changes: dict[str, Any] | None = None) -> TunixRun:
+    """A new run from the same inputs, optionally changed. The new run gets its own folder
+    (never the old one's), and a launcher command is rebuilt, a custom one kept."""
+    request = run_request(run)
+    hp, fields = dict(request.hyperparameters), {}
+    for key, value in (changes or {}).items():
+        if key in HYPERPARAMETERS:
+            hp[key] = value
+        elif key in RunRequest.CHANGEABLE:
+            fields[key] = value
+        else:
+            raise InvalidInput(f"'{key}' cannot be changed on a rerun.", fields={key: "Unknown."})
+    request = replace(request, hyperparameters=hp, **fields)
+    command = None if training.is_launcher_command(run.command) or not run.command else run.command
+    return run_create(owner=owner, command=command, request=request)
+
+
+def run_resume(*, run: TunixRun, owner, max_steps: int) -> TunixRun:
+    """Continue `run` from its latest complete checkpoint: the same config with more steps,
+    as a new local run linked to its parent."""
+    if not run.is_final:
+        raise Conflict("Only a finished run can be continued.")
+    step = storage.run_latest_checkpoint(run)
+    if step is None:
+        raise Conflict("The run has no complete checkpoint to continue from.")
+    if max_steps <= step:
+        raise InvalidInput(
+            f"max_steps must be greater than the checkpoint's step {step}.",
+            fields={"max_steps": f"Must be greater than {step}."},
+        )
+    request = run_request(run)
+    request = replace(
+        request,
+        mode=RunMode.LOCAL,
+        hyperparameters={**request.hyperparameters, "max_steps": max_steps},
+    )
+    new = run_create(owner=owner, parent=run, request=request)
+    TunixRun.objects.filter(id=new.id).update(resume_from_step=step)
+    new.resume_from_step = step
+    return new

@@ -1,0 +1,48 @@
+"""API tokens: created (shown once), authenticated (hashed lookup), revoked."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.utils import timezone
+
+from ..models import ApiToken
+
+TOKEN_PREFIX = "trt_"  # noqa: S105 - a public prefix, not a secret
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token; the clear text is returned once and never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = ApiToken.objects.create(
+        user=user, name=name[:100], prefix=token[:12], token_hash=token_hash(token)
+    )
+    return record, token
+
+
+def api_token_authenticate(*, token: str):
+    """The user of an active token, or None. Records when the token was last used."""
+    if not token or len(token) > 200:
+        return None
+    record = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=token_hash(token), revoked_at__isnull=True)
+        .first()
+    )
+    if record is None or not record.user.is_active:
+        return None
+    now = timezone.now()
+    # Write at most once a minute per token, not on every request.
+    if record.last_used_at is None or now - record.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=record.pk).update(last_used_at=now)
+    return record.user
+
+
+def api_token_revoke(*, token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

@@ -1,0 +1,397 @@
+"""The supervisor: the one module that owns a run's child process.
+
+It spawns the run's argv (no shell) in its own process group with a minimal environment,
+drains stdout and stderr continuously into log chunks, turns launcher events into progress
+and metrics, writes a heartbeat, and stops the whole group on cancel or timeout. No
+database transaction stays open while the child runs: every write commits on its own."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import selectors
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+from django.utils import timezone
+
+from . import protocol
+from .models import LogChunk, Metric, RunStatus, TunixRun
+from .processes import child_environment, die_with_parent, kill_group, signal_group
+
+log = logging.getLogger(__name__)
+
+
+# The outcome of a run that was finished elsewhere (reaped, cancelled while pending, deleted):
+# its supervisor records nothing more.
+GONE = "gone"
+
+READ_SIZE = 64 * 1024
+
+
+PIPE_BYTES = 1024 * 1024  # Linux's default maximum for an unprivileged pipe
+
+
+# A stdout line longer than this cannot be a launcher event; it is stored as plain text.
+MAX_EVENT_LINE = 64 * 1024
+
+
+@dataclass
+class LogWriter:
+    """Writes output as chunks with a storage cap: the head is kept, then a rolling tail;
+    a marker chunk between them says how much was dropped. The pipe is always drained."""
+
+    run_id: object
+    cap: int
+    seq: int = 0
+    stored: int = 0
+    head_full: bool = False
+    marker_id: int | None = None
+    dropped: int = 0
+    tail: list[tuple[int, int]] = field(default_factory=list)  # (chunk id, size) oldest first
+    tail_bytes: int = 0
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        size = len(text.encode("utf-8", "replace"))
+        head_cap = self.cap // 2
+        if not self.head_full and self.stored + size <= head_cap:
+            self._insert(stream, text)
+            self.stored += size
+            return
+        if not self.head_full:
+            self.head_full = True
+            marker = LogChunk.objects.create(
+                run_id=self.run_id, seq=self._next(), stream="system", text=self._marker_text()
+            )
+            self.marker_id = marker.id
+        # Rolling tail: keep at most cap/2 bytes of the newest output.
+        tail_cap = self.cap - head_cap
+        if size > tail_cap:
+            self.dropped += size - tail_cap
+            text = text.encode("utf-8", "replace")[-tail_cap:].decode("utf-8", "ignore")
+            size = len(text.encode("utf-8"))
+        chunk_id = self._insert(stream, text)
+        self.tail.append((chunk_id, size))
+        self.tail_bytes += size
+        drop_ids = []
+        while self.tail_bytes > tail_cap and self.tail:
+            old_id, old_size = self.tail.pop(0)
+            drop_ids.append(old_id)
+            self.tail_bytes -= old_size
+            self.dropped += old_size
+        if drop_ids:
+            LogChunk.objects.filter(id__in=drop_ids).delete()
+        if self.dropped:
+            LogChunk.objects.filter(id=self.marker_id).update(text=self._marker_text())
+
+    def _marker_text(self) -> str:
+        return (
+            f"[tunix-rt] log storage cap of {self.cap} bytes reached: the first part is kept "
+            f"above and the newest output below; {self.dropped} bytes in between were dropped.\n"
+        )
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _insert(self, stream: str, text: str) -> int:
+        # PostgreSQL text cannot hold NUL; keep the rest of the line.
+        text = text.replace("\x00", "\ufffd")
+        return LogChunk.objects.create(
+            run_id=self.run_id, seq=self._next(), stream=stream, text=text
+        ).id
+
+
+@dataclass
+class Outcome:
+    status: str
+    exit_code: int | None
+    message: str
+
+
+class Supervisor:
+    def __init__(self, run: TunixRun, *, cwd: Path, env_extra: dict[str, str] | None = None):
+        self.run = run
+        self.cwd = cwd
+        self.env_extra = env_extra or {}
+        last = LogChunk.objects.filter(run_id=run.id).order_by("-seq").first()
+        self.log = LogWriter(run.id, settings.LOG_CAP_BYTES, seq=last.seq if last else 0)
+        self.pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.pending_bytes = 0
+        self.partial = {"stdout": b"", "stderr": b""}
+        self.metrics: list[Metric] = []
+        self.progress: dict[str, object] = {}
+        self.environment: dict[str, object] = {}
+        self.last_error: str | None = None
+        self.bytes_read = 0
+
+    # The loop ------------------------------------------------------------------------
+    def execute(self) -> Outcome:
+        proc = self._spawn()
+        sel = self._watch(proc)
+        stop = self._supervise(proc, sel)
+        sel.close()
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
+        code = proc.wait()
+        for name in ("stdout", "stderr"):
+            if self.partial[name]:
+                self._line(name, self.partial[name])
+                self.partial[name] = b""
+        self._flush()
+        if self.log.dropped:
+            # The marker above was updated in place; followers reading after a cursor
+            # only see new chunks, so the final figure is also said at the end.
+            self._system(f"[tunix-rt] {self.log.dropped} bytes of output were not stored.\n")
+            self._flush()
+        return self._outcome(code, stop)
+
+    def _spawn(self) -> subprocess.Popen:
+        """Start the child in its own process group and record its pid and group."""
+        proc = subprocess.Popen(
+            self.run.command,
+            cwd=self.cwd,
+            env=child_environment(self.env_extra),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            close_fds=True,
+        )
+        self.pgid = proc.pid
+        self.started = psutil.Process(proc.pid).create_time()
+        TunixRun.objects.filter(id=self.run.id).update(
+            pid=proc.pid,
+            pgid=self.pgid,
+            environment={**self.run.environment, "pid_create_time": self.started},
+        )
+        return proc
+
+    def _watch(self, proc: subprocess.Popen) -> selectors.DefaultSelector:
+        sel = selectors.DefaultSelector()
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            os.set_blocking(pipe.fileno(), False)
+            # A larger pipe lets the child keep writing while we store a chunk.
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            sel.register(pipe, selectors.EVENT_READ, name)
+        return sel
+
+    def _read(self, sel: selectors.DefaultSelector) -> tuple[int, bool]:
+        """Read what is ready: (pipes that closed, whether a read was small)."""
+        closed, small = 0, False
+        for key, _ in sel.select(timeout=0.2):
+            try:
+                data = os.read(key.fileobj.fileno(), READ_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:
+                sel.unregister(key.fileobj)
+                closed += 1
+                continue
+            self.bytes_read += len(data)
+            small = small or len(data) < READ_SIZE // 4
+            self._take(key.data, data)
+        return closed, small
+
+    def _supervise(self, proc, sel) -> tuple[str, str] | None:
+        """Drain the pipes until both close; flush, beat, enforce cancel and timeout.
+        Returns the (final status, message) decided by us, or None."""
+        # Read once: settings are a lazy object, and this loop turns many times a second.
+        flush_every, beat_every = settings.LOG_FLUSH_SECONDS, settings.HEARTBEAT_SECONDS
+        begin = time.monotonic()
+        self.last_flush = self.last_beat = last_poll = begin
+        self.stop: tuple[str, str] | None = None
+        self.kill_at: float | None = None  # when SIGKILL follows the SIGTERM already sent
+        open_pipes, exited_at = 2, None
+        while open_pipes:
+            closed, small = self._read(sel)
+            open_pipes -= closed
+            now = time.monotonic()
+            if small:
+                # A chatty child writes line by line: let a few milliseconds of output
+                # gather in the (large) pipe instead of waking for every line.
+                time.sleep(0.005)
+            if now - last_poll < 0.1 and open_pipes == 2 and self.stop is None:
+                continue
+            last_poll = now
+            self._tick(now, begin, flush_every, beat_every, exited_at is None)
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+                # The child is gone; nothing of its group may outlive the run.
+                kill_group(self.pgid, self.started, grace=0)
+            if exited_at is not None and now - exited_at > 5:
+                break  # a process outside the group still holds a pipe; stop reading it
+        return self.stop
+
+    def _tick(self, now, begin, flush_every, beat_every, child_alive: bool) -> None:
+        """The periodic work: store output, check for cancel, beat, stop on timeout."""
+        if now - self.last_flush >= flush_every:
+            self._flush()
+            self.last_flush = now
+            if self.stop is None:
+                self.stop = self._check_cancel()
+        if self.stop is None and now - self.last_beat >= beat_every:
+            self.last_beat = now
+            if not self._heartbeat():
+                self.stop = (GONE, "The run was finished elsewhere.")
+        if self.stop is None and now - begin > self.run.timeout_seconds:
+            self.stop = (RunStatus.TIMEOUT, f"Timed out after {self.run.timeout_seconds} s.")
+        if self.stop is not None and self.kill_at is None and child_alive:
+            # SIGTERM now, SIGKILL after the grace period; the pipes keep draining
+            # meanwhile so a child that logs while shutting down never blocks.
+            self._system(f"[tunix-rt] stopping the process group: {self.stop[1]}\n")
+            signal_group(self.pgid, self.started, signal.SIGTERM)
+            self.kill_at = now + settings.CANCEL_GRACE_SECONDS
+        if self.kill_at is not None and now >= self.kill_at:
+            signal_group(self.pgid, self.started, signal.SIGKILL)
+            self.kill_at = now + 1
+
+    def _outcome(self, code: int, stop: tuple[str, str] | None) -> Outcome:
+        if stop is not None:
+            return Outcome(stop[0], code, stop[1])
+        if code == 0:
+            return Outcome(RunStatus.COMPLETED, 0, "Finished successfully.")
+        if code < 0:
+            name = signal.Signals(-code).name
+            reason = self.last_error or f"The process was killed by {name}."
+            return Outcome(RunStatus.FAILED, code, reason)
+        return Outcome(
+            RunStatus.FAILED, code, self.last_error or f"The process exited with code {code}."
+        )
+
+    # Output handling -------------------------------------------------------------------
+    def _take(self, stream: str, data: bytes) -> None:
+        buffer = self.partial[stream] + data
+        cut = buffer.rfind(b"\n") + 1
+        complete, self.partial[stream] = buffer[:cut], buffer[cut:]
+        if complete:
+            # Only stdout lines that start with "{" can be events; everything else goes to
+            # the log as one block, so heavy output costs one append, not one per line.
+            if stream == "stdout" and (complete.startswith(b"{") or b"\n{" in complete):
+                for line in complete.splitlines(keepends=True):
+                    self._line(stream, line)
+            else:
+                self._text(stream, complete)
+        # No newline for a long time: store what we have so memory stays bounded.
+        if len(self.partial[stream]) > MAX_EVENT_LINE:
+            self._text(stream, self.partial[stream])
+            self.partial[stream] = b""
+
+    def _line(self, stream: str, line: bytes) -> None:
+        if stream == "stdout" and len(line) <= MAX_EVENT_LINE:
+            event = protocol.parse_event(line.decode("utf-8", "replace"))
+            if event is not None:
+                self._event(event)
+                return
+        self._text(stream, line)
+
+    def _text(self, stream: str, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        self.pending[stream].append(text)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= settings.LOG_FLUSH_BYTES:
+            self._flush_log()
+
+    def _system(self, text: str) -> None:
+        self._flush()
+        self.log.write("system", text)
+
+    def _event(self, event: dict) -> None:
+        kind = event["event"]
+        now = timezone.now()
+        if kind == "phase" and isinstance(event.get("phase"), str):
+            self.progress["phase"] = event["phase"][:32]
+        elif kind == "progress":
+            step, total = event.get("step"), event.get("total_steps")
+            if isinstance(step, int) and step >= 0:
+                self.progress["progress_step"] = step
+                self.progress["progress_updated_at"] = now
+            if isinstance(total, int) and total > 0:
+                self.progress["progress_total"] = total
+        elif kind == "metric":
+            name, step, value = event.get("name"), event.get("step"), event.get("value")
+            if (
+                isinstance(name, str)
+                and isinstance(step, int)
+                and step >= 0
+                and isinstance(value, int | float)
+                and math.isfinite(value)
+            ):
+                self.metrics.append(
+                    Metric(run_id=self.run.id, name=name[:100], step=step, value=float(value))
+                )
+        elif kind == "environment":
+            self.environment.update(
+                {k: v for k, v in event.items() if k != "event" and isinstance(v, str | int)}
+            )
+        elif kind == "error" and isinstance(event.get("message"), str):
+            self.last_error = event["message"][:2000]
+            self._text("stderr", f"[launcher] error: {self.last_error}\n".encode())
+        elif kind in ("checkpoint", "summary", "resumed"):
+            self.environment.setdefault("events", [])
+            if len(self.environment["events"]) < 200:
+                self.environment["events"].append(event)
+
+    def _flush_log(self) -> None:
+        """Store pending output (at least every 64 KiB; the 1 s tick calls _flush)."""
+        for stream in ("stdout", "stderr"):
+            if self.pending[stream]:
+                self.log.write(stream, "".join(self.pending[stream]))
+                self.pending[stream] = []
+        self.pending_bytes = 0
+
+    def _flush(self) -> None:
+        """Store pending output, metrics and progress, and the run's log counters."""
+        self._flush_log()
+        updates: dict[str, object] = {}
+        if self.metrics:
+            Metric.objects.bulk_create(self.metrics, ignore_conflicts=True)
+            self.metrics = []
+        if self.progress:
+            updates.update(self.progress)
+            self.progress = {}
+        if self.environment:
+            env = dict(
+                TunixRun.objects.filter(id=self.run.id).values_list("environment", flat=True)[0]
+            )
+            events = env.get("events", []) + self.environment.pop("events", [])
+            env.update(self.environment)
+            if events:
+                env["events"] = events[-200:]
+            updates["environment"] = env
+            self.environment = {}
+        updates["log_bytes"] = self.log.stored + self.log.tail_bytes
+        updates["log_dropped_bytes"] = self.log.dropped
+        TunixRun.objects.filter(id=self.run.id).update(**updates)
+
+    # Control ---------------------------------------------------------------------------
+    def _heartbeat(self) -> bool:
+        """False when the run is no longer ours to run (the reaper or a cancel finished it)."""
+        return bool(
+            TunixRun.objects.filter(id=self.run.id, status=RunStatus.RUNNING).update(
+                heartbeat_at=timezone.now()
+            )
+        )
+
+    def _check_cancel(self) -> tuple[str, str] | None:
+        row = TunixRun.objects.filter(id=self.run.id).values("status", "cancel_requested_at")
+        row = row.first()
+        if row is None:
+            return (GONE, "The run was deleted.")
+        if row["cancel_requested_at"] is not None:
+            return (RunStatus.CANCELLED, "Cancelled by request.")
+        if row["status"] != RunStatus.RUNNING:
+            return (GONE, "The run was finished elsewhere.")
+        return None
