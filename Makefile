@@ -5,13 +5,15 @@ VENV ?= .venv
 PORT ?= 8000
 HOST ?= 127.0.0.1
 # TUNIXRT_SKIP_TUNIX=1 skips the heavy Tunix/JAX install; the UI then shows Tunix as
-# unavailable and only dry-runs work.
+# unavailable and only dry-runs work, and `make test` skips the real-training tests (its
+# summary says how many). TUNIXRT_SKIP_BROWSER=1 does the same for the browser tests.
 TUNIXRT_SKIP_TUNIX ?= 0
+export TUNIXRT_SKIP_TUNIX
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test venv install install-dev lint format bench clean
+.PHONY: run serve test venv install install-dev lint format bench clean
 
 # Django 6 needs Python 3.12 or newer: use the first interpreter that is new enough.
 $(PY):
@@ -31,7 +33,10 @@ install: $(PY)
 	  $(PIP) install -e '.[tunix]'; fi
 
 install-dev: $(PY)
-	$(PIP) install -e '.[dev]'
+	@if [ "$(TUNIXRT_SKIP_TUNIX)" != "1" ]; then \
+	  echo "Installing the dev and tunix extras (Tunix + JAX for CPU; a few minutes the first time)"; \
+	  $(PIP) install -e '.[dev,tunix]'; \
+	else $(PIP) install -e '.[dev]'; fi
 
 run: install
 	$(PY) manage.py migrate --noinput -v 0
@@ -39,31 +44,37 @@ run: install
 	$(PY) manage.py bootstrap
 	@if $(PY) -c 'import importlib.metadata as m; m.version("google-tunix")' 2>/dev/null; then \
 	  $(PY) manage.py prepare_demo_model; fi
-	@echo ""
-	@echo "tunix-rt is at http://$(HOST):$(PORT)/  (log in with the admin user; password above,"
-	@echo "or in var/admin-password.txt). API docs: http://$(HOST):$(PORT)/api/docs"
-	@echo "Stop with Ctrl-C."
-	@trap 'kill 0' INT TERM EXIT; \
-	$(PY) manage.py qcluster & \
-	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
+	exec $(PY) manage.py serve $(HOST):$(PORT)
 
-# The whole suite on a throwaway PostgreSQL (when the system has its server binaries)
-# and on SQLite. Installs Debian's chromium for the browser tests when it is missing.
+# The web server and a worker without the setup steps (`make run` ends with this). SIGTERM
+# to the process group or Ctrl-C cancels running training and stops everything within the
+# cancel grace (TUNIXRT_CANCEL_GRACE_SECONDS) plus a few seconds.
+serve:
+	exec $(PY) manage.py serve $(HOST):$(PORT)
+
+# The whole suite on a throwaway PostgreSQL and on SQLite, the real Tunix and browser lanes
+# included. Installs what they need: the dev and tunix extras (install-dev), and as root
+# Debian's chromium and PostgreSQL server binaries when they are missing.
 test: install-dev
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "Installing chromium for the browser tests"; \
-	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); fi
-	@set -e; pgdir=$$(mktemp -d /tmp/tunixrt-pg.XXXXXX); status=0; \
+	@need=""; [ -x /usr/bin/chromium ] || need="$$need chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	if [ -n "$$need" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing$$need for the tests"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need >/dev/null)); fi
+	@set -e; pgdir=$$(mktemp -d /tmp/tunixrt-pg.XXXXXX); status=0; markers=""; \
 	trap '.ci/throwaway-postgres stop '$$pgdir EXIT; \
 	if url=$$(.ci/throwaway-postgres start $$pgdir); then \
 	  echo "== tests on PostgreSQL ($$url)"; \
 	  DATABASE_URL=$$url $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
-	else echo "== no PostgreSQL server binaries: skipping the PostgreSQL pass"; fi; \
+	  markers="$(SQLITE_MARKERS)"; \
+	else echo "== no PostgreSQL server binaries: the whole suite on SQLite"; fi; \
 	echo "== tests on SQLite"; \
-	TUNIXRT_DATA_DIR=$$pgdir/sqlite $(PY) -m pytest $(PYTEST_ARGS) -m "$(SQLITE_MARKERS)" || status=$$?; \
+	TUNIXRT_DATA_DIR=$$pgdir/sqlite $(PY) -m pytest $(PYTEST_ARGS) $${markers:+-m "$$markers"} || status=$$?; \
 	exit $$status
 
-# The SQLite pass skips what does not depend on the database engine (real Tunix training).
+# After a PostgreSQL pass, the SQLite pass skips what does not depend on the database engine
+# (real Tunix training).
 SQLITE_MARKERS ?= not tunix
 
 lint: install-dev

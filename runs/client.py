@@ -332,30 +332,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--page", type=int, default=1)
     sub.add_argument("--page-size", type=int, default=25)
 
+    run_id_help = "the run's id, or its first characters (6 or more) if no other run shares them"
     sub = command("show", cmd_show, "show one run")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=run_id_help)
 
     sub = command("logs", cmd_logs, "print a run's log")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=run_id_help)
     following(sub)
 
     sub = command("cancel", cmd_cancel, "cancel a pending or running run")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=run_id_help)
 
     sub = command("rerun", cmd_rerun, "a new run from the same inputs, optionally changed")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=run_id_help)
     sub.add_argument("--name")
     sub.add_argument("--mode", choices=["dry-run", "local"], help="default: the same mode")
     sub.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=settings_help)
     following(sub)
 
     sub = command("resume", cmd_resume, "continue a run from its latest complete checkpoint")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=run_id_help)
     sub.add_argument("--max-steps", type=int, required=True)
     following(sub)
 
     sub = command("delete", cmd_delete, "delete a finished run with its logs and files")
-    sub.add_argument("run_id")
+    sub.add_argument("run_id", help=run_id_help)
     return parser
 
 

@@ -22,15 +22,21 @@ class Bound:
     optional: bool = False
 
     def describe(self) -> str:
-        """The bounds in plain numbers: "1 and 1,024", "1e-08 and 1"."""
+        """The bounds in plain numbers: "1 and 1,024", "1e-8 and 1"."""
         return f"{format_number(self.minimum)} and {format_number(self.maximum)}"
+
+    def range(self) -> str:
+        """The bounds as a range: "0 to 2,147,483,647", "1e-8 to 1"."""
+        return f"{format_number(self.minimum)} to {format_number(self.maximum)}"
 
 
 def format_number(value: float) -> str:
-    """Plain numbers for people: thousands separators for integers, short floats."""
-    if float(value).is_integer() and abs(value) >= 1:
+    """Plain numbers for people: thousands separators for integers, short floats, and
+    exponents without padding ("1e-8", not "1e-08")."""
+    if float(value).is_integer() and (abs(value) >= 1 or value == 0):
         return f"{int(value):,}"
-    return f"{value:g}"
+    mantissa, e, exponent = f"{value:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if e else mantissa
 
 
 HYPERPARAMETERS: dict[str, Bound] = {
@@ -54,7 +60,7 @@ def validate_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], di
         value = values.get(name)
         if value is None or value == "":
             if bound.default is None and not bound.optional:
-                errors[name] = "This field is required."
+                errors[name] = "Enter a value."
             clean[name] = bound.default
             continue
         try:

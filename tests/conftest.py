@@ -17,21 +17,88 @@ from runs.datasets import services as dataset_services
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "runs" / "sample_data" / "reasoning-sample.jsonl"
 PROGRAMS = Path(__file__).resolve().parent / "programs"
+# Debian's chromium drives the browser tests (another path: TUNIXRT_CHROMIUM).
+CHROMIUM = os.environ.get("TUNIXRT_CHROMIUM", "/usr/bin/chromium")
+
+
+# Optional parts of the suite. Each runs unless the user chose to leave it out with its
+# variable; a part that is missing without that choice fails with the way to install it,
+# so a test never passes by being skipped silently.
+OPTIONAL_PARTS = {
+    "tunix": (
+        "TUNIXRT_SKIP_TUNIX",
+        "the tunix extra (Tunix, JAX, tokenizers)",
+        "pip install -e '.[tunix]' (make test does)",
+    ),
+    "browser": (
+        "TUNIXRT_SKIP_BROWSER",
+        "Debian's chromium and Playwright",
+        "apt-get install chromium; pip install -e '.[dev]' (make test does)",
+    ),
+}
+
+
+def _part_missing(part: str) -> bool:
+    if part == "tunix":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            version("google-tunix")
+            version("tokenizers")
+        except PackageNotFoundError:
+            return True
+        return False
+    import importlib.util
+
+    return not os.path.exists(CHROMIUM) or not importlib.util.find_spec("playwright")
+
+
+def _needs(item) -> list[str]:
+    parts = [part for part in OPTIONAL_PARTS if part in item.keywords]
+    if "tokenizer_model" in getattr(item, "fixturenames", ()) and "tunix" not in parts:
+        parts.append("tunix")  # the tokenizers package comes with the tunix extra
+    return parts
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tunix lane runs whenever the extra is installed; otherwise it is skipped."""
-    try:
-        from importlib.metadata import version
-
-        version("google-tunix")
-        has_tunix = True
-    except Exception:
-        has_tunix = False
-    skip = pytest.mark.skip(reason="the tunix extra is not installed (pip install -e '.[tunix]')")
+    """A test that needs an optional part is skipped when the user left that part out
+    (TUNIXRT_SKIP_TUNIX=1, TUNIXRT_SKIP_BROWSER=1), and fails saying what to install when
+    the part is missing without that choice."""
+    skipped: dict[str, int] = {}
     for item in items:
-        if "tunix" in item.keywords and not has_tunix:
-            item.add_marker(skip)
+        for part in _needs(item):
+            variable, what, install = OPTIONAL_PARTS[part]
+            if os.environ.get(variable) == "1":
+                item.add_marker(pytest.mark.skip(reason=f"{variable}=1: {what} left out"))
+                skipped[part] = skipped.get(part, 0) + 1
+            elif _part_missing(part):
+                message = f"needs {what}: {install}, or set {variable}=1 to skip these tests"
+                item.stash[_MISSING_PART] = message
+    config.stash[_SKIPPED_BY_CHOICE] = skipped
+
+
+_SKIPPED_BY_CHOICE = pytest.StashKey[dict]()
+_MISSING_PART = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture (a browser fixture would fail in its own words): say what to
+    install."""
+    message = item.stash.get(_MISSING_PART, None)
+    if message:
+        pytest.fail(message, pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = config.stash.get(_SKIPPED_BY_CHOICE, {})
+    for part, count in skipped.items():
+        variable, what, _ = OPTIONAL_PARTS[part]
+        terminalreporter.write_line(
+            f"Skipped by choice: {count} test{'s that need' if count != 1 else ' that needs'} "
+            f"{what} ({variable}=1).",
+            yellow=True,
+        )
 
 
 def wait_for(predicate, *, timeout=30.0, interval=0.05, message="condition"):
@@ -142,7 +209,6 @@ def tiny_model_dir(settings):
 def tokenizer_model(tiny_model_dir, settings):
     """The tiny local model with a real byte-level BPE tokenizer.json beside its config
     (trained on the sample's strings; needs the `tokenizers` package of the tunix extra)."""
-    pytest.importorskip("tokenizers")
     from runs.launcher import tinymodel
 
     tokenizer = tinymodel.train_tokenizer(tinymodel.read_texts(SAMPLE), vocab_size=400)

@@ -105,3 +105,14 @@ def test_cli_errors_are_printed_from_the_error_shape(tunixrt, dataset, tiny_mode
     assert "HTTP 401: Authentication required." in unauthenticated.stderr
     no_token = tunixrt("list", token_override="")
     assert no_token.returncode == 2 and "TUNIXRT_TOKEN" in no_token.stderr
+
+
+def test_cli_takes_the_short_id_the_pages_show(tunixrt, dataset, tiny_model_dir):
+    run = json.loads(tunixrt("submit", "sample-v1", tiny_model_dir, "--json").stdout)
+    short = run["id"][:8]
+    shown = tunixrt("show", short, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == run["id"]
+    assert tunixrt("show", short).stdout.startswith(run["id"])
+    too_short = tunixrt("show", run["id"][:5])
+    assert too_short.returncode == 1 and "at least 6" in too_short.stderr

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import CHROMIUM
 from .test_dataset_validation import PAIR, jsonl
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -13,13 +14,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def page(live_server, django_user_model, monkeypatch):
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api as playwright
+
     # Playwright's sync API keeps an event loop in this thread; the ORM calls the test
     # makes between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     django_user_model.objects.create_user("dora", password="dora-password-1")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
         page.set_default_timeout(30_000)
         page.goto(f"{live_server.url}/accounts/login/?next=/datasets/upload/")

@@ -212,7 +212,9 @@ def test_the_form_shows_datasets_with_row_counts_models_and_bounds(
     assert '<option value="local:tiny-llama3">' in html
     assert re.search(r'name="learning_rate"[^>]*max="1\.0"', html)
     assert re.search(r'name="learning_rate"[^>]*min="1e-08"', html)
-    assert "Rows per training step. 1 to 1024." in html
+    assert "Rows per training step. 1 to 1,024." in html
+    assert "Seed for the data split, shuffling and init. 0 to 2,147,483,647." in html
+    assert "Peak learning rate of AdamW. 1e-8 to 1." in html
     assert 'hx-post="/runs/new/validate/"' in html
     # The preview of the defaults is already there, without JavaScript.
     assert 'id="preview-config"' in html and "&quot;learning_rate&quot;: 0.0003" in html
@@ -257,7 +259,7 @@ def test_a_field_is_validated_alone_and_answers_with_its_error_list(
     html = response.content.decode()
     assert response.status_code == 200
     assert html.startswith('<ul id="errors-learning_rate"')
-    assert "less than or equal to 1.0" in html
+    assert "Must be between 1e-8 and 1." in html
     ok = validate(client, "learning_rate").content.decode()
     assert ok == '<ul id="errors-learning_rate" class="errors" aria-live="polite"></ul>'
     # A field the service checks (the model reference) gets the service's own message, even
@@ -267,7 +269,7 @@ def test_a_field_is_validated_alone_and_answers_with_its_error_list(
     html = validate(client, "model_id", model_id="--help").content.decode()
     assert "Unrecognised model reference" in html
     html = validate(client, "max_steps", max_steps="2.5").content.decode()
-    assert "Enter a whole number." in html
+    assert "Must be a whole number." in html
     assert validate(client, "password").status_code == 400
 
 
@@ -306,13 +308,42 @@ def test_an_invalid_submission_rerenders_the_form_with_field_errors_and_stores_n
     )
     html = response.content.decode()
     assert response.status_code == 422 and is_full_page(response)
-    assert "greater than or equal to 1" in html
+    assert "Must be between 1 and 1,024." in html
     assert 'value="keep me"' in html  # what the user typed is kept
     assert not TunixRun.objects.exists()
     # Errors only the service finds are put on their fields too.
     response = client.post("/runs/new/", form_data(model_id="local:missing"))
     assert response.status_code == 422
     assert re.search(r'id="errors-model_id"[^>]*><li>No local model', response.content.decode())
+
+
+def test_a_submission_keeps_every_error_the_live_checks_showed_with_a_summary_on_top(
+    client, dataset, tiny_model_dir
+):
+    # The model is wrong (only the service knows) and so is a number (the form knows): both
+    # stay on their fields, and the summary lists both with links to the inputs.
+    response = client.post(
+        "/runs/new/", form_data(model_id="local:missing", batch_size="0", seed="x")
+    )
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert re.search(r'id="errors-model_id"[^>]*><li>No local model', html)
+    assert re.search(r'id="errors-batch_size"[^>]*><li>Must be between 1 and 1,024\.', html)
+    assert re.search(r'id="errors-seed"[^>]*><li>Must be a whole number\.', html)
+    summary = html[
+        html.index('id="error-summary"') : html.index("</div>", html.index('id="error-summary"'))
+    ]
+    assert html.index('id="error-summary"') < html.index('id="field-dataset_key"')
+    assert "Fix 3 problems before this can run" in summary
+    for field in ("model_id", "batch_size", "seed"):
+        assert f'href="#id_{field}"' in summary
+    # Our words, not Django's.
+    for django_words in ("Ensure this value", "Enter a whole number", "Select a valid choice"):
+        assert django_words not in html
+    missing = client.post("/runs/new/", form_data(dataset_key="ghost-v9", model_id=""))
+    text = missing.content.decode()
+    assert "There is no dataset ghost-v9: choose one from the list." in text
+    assert "Enter a model reference." in text
 
 
 def test_a_local_run_while_tunix_is_unavailable_is_a_501_message(

@@ -40,7 +40,7 @@ def test_run_page_offers_the_outputs_archive_and_continue_from_the_latest_comple
 
 
 def test_continue_training_creates_a_linked_run_from_the_checkpoint(
-    client, user, finished_local_run
+    client, user, finished_local_run, tiny_launcher
 ):
     client.force_login(user)
     response = client.post(f"/runs/{finished_local_run.id}/continue/", {"max_steps": "20"})
@@ -54,7 +54,7 @@ def test_continue_training_creates_a_linked_run_from_the_checkpoint(
 
 
 def test_continue_to_a_step_not_past_the_checkpoint_is_refused_with_a_message(
-    client, user, finished_local_run
+    client, user, finished_local_run, tiny_launcher
 ):
     client.force_login(user)
     response = client.post(

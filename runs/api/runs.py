@@ -21,9 +21,9 @@ from runs.api.schemas import (
     OutputsOut,
     RerunIn,
     ResumeIn,
+    RunDetailOut,
     RunIn,
     RunModeName,
-    RunOut,
     RunPageOut,
     RunStatusName,
     TunixStatusOut,
@@ -62,8 +62,8 @@ def tunix_status(request, refresh: bool = False):
 @router.post(
     "/tunix/run",
     response={
-        201: RunOut,
-        202: RunOut,
+        201: RunDetailOut,
+        202: RunDetailOut,
         400: ErrorOut,
         401: ErrorOut,
         403: ErrorOut,
@@ -130,7 +130,7 @@ def run_list(request, filters: Query[RunFilters]):
 
 @router.get(
     "/tunix/runs/{run_id}",
-    response={200: RunOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+    response={200: RunDetailOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
     summary="One run",
 )
 def run_detail(request, run_id: str):
@@ -215,7 +215,7 @@ def run_metrics(request, run_id: str):
 
 @router.post(
     "/tunix/runs/{run_id}/cancel",
-    response={200: RunOut, 409: ErrorOut, **_ONE_RUN},
+    response={200: RunDetailOut, 409: ErrorOut, **_ONE_RUN},
     summary="Cancel a pending or running run (409 when it has already ended)",
     description=(
         "A pending run is cancelled at once and never starts. A running run gets a cancel "
@@ -230,7 +230,8 @@ def run_cancel(request, run_id: str):
 
 @router.post(
     "/tunix/runs/{run_id}/rerun",
-    response={201: RunOut, 202: RunOut, 429: ErrorOut, 501: ErrorOut} | _ONE_RUN_WITH_BODY,
+    response={201: RunDetailOut, 202: RunDetailOut, 429: ErrorOut, 501: ErrorOut}
+    | _ONE_RUN_WITH_BODY,
     summary="A new run from the same inputs, optionally changed",
     description=(
         "Every field of the body is optional; what is left out keeps the original value. "
@@ -248,7 +249,7 @@ def run_rerun(request, run_id: str, changes: RerunIn | None = None):
 
 @router.post(
     "/tunix/runs/{run_id}/resume",
-    response={202: RunOut, 409: ErrorOut, 429: ErrorOut, 501: ErrorOut} | _ONE_RUN_WITH_BODY,
+    response={202: RunDetailOut, 409: ErrorOut, 429: ErrorOut, 501: ErrorOut} | _ONE_RUN_WITH_BODY,
     summary="Continue a finished run from its latest complete checkpoint",
     description=(
         "Queues a new local run with the same config and more steps, linked to its parent. "

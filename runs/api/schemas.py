@@ -13,6 +13,7 @@ from pydantic import ConfigDict
 from runs import protocol
 from runs.hyperparameters import HYPERPARAMETERS
 from runs.models import Dataset, LogChunk, RunMode, RunStatus
+from runs.selectors import STREAM_TAIL_BYTES, run_stream_tail
 
 
 def hp(name: str, *, change: bool = False) -> Any:
@@ -155,6 +156,62 @@ class RunOut(HyperparametersOut):
     duration_seconds: float | None
     parent_id: UUID | None
     pinned: bool
+
+
+def _stream_tails(run) -> dict[str, tuple[str, bool]]:
+    """Both stream tails of a run, read once per answer (each field resolver asks)."""
+    tails = getattr(run, "_stream_tails", None)
+    if tails is None:
+        tails = {name: run_stream_tail(run, name) for name in ("stdout", "stderr")}
+        run._stream_tails = tails
+    return tails
+
+
+class RunDetailOut(RunOut):
+    """One run, with the fields of the original tunix-rt's `TunixRunResponse` beside ours,
+    so scripts written against it keep working: `run_id` (= `id`), `completed_at`
+    (= `finished_at`) and the tails of the training process's streams."""
+
+    run_id: UUID = Field(..., description="The run's id (the same as `id`).")
+    completed_at: datetime | None = Field(
+        None, description="When the run ended (the same as `finished_at`); null while active."
+    )
+    stdout: str = Field(
+        "",
+        description=f"The last {STREAM_TAIL_BYTES // 1024} KiB (UTF-8 bytes, cut on a "
+        "character boundary) of the training process's standard output.",
+    )
+    stdout_truncated: bool = Field(False, description="`stdout` leaves earlier output out.")
+    stderr: str = Field(
+        "",
+        description=f"The last {STREAM_TAIL_BYTES // 1024} KiB of its standard error, "
+        "cut the same way.",
+    )
+    stderr_truncated: bool = Field(False, description="`stderr` leaves earlier output out.")
+
+    @staticmethod
+    def resolve_run_id(obj) -> UUID:
+        return obj.id
+
+    @staticmethod
+    def resolve_completed_at(obj) -> datetime | None:
+        return obj.finished_at
+
+    @staticmethod
+    def resolve_stdout(obj) -> str:
+        return _stream_tails(obj)["stdout"][0]
+
+    @staticmethod
+    def resolve_stdout_truncated(obj) -> bool:
+        return _stream_tails(obj)["stdout"][1]
+
+    @staticmethod
+    def resolve_stderr(obj) -> str:
+        return _stream_tails(obj)["stderr"][0]
+
+    @staticmethod
+    def resolve_stderr_truncated(obj) -> bool:
+        return _stream_tails(obj)["stderr"][1]
 
 
 class RunPageOut(Schema):

@@ -25,9 +25,22 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize().replace("Lora", "LoRA")
 
 
+def number_messages(kind: type, bounds: str) -> dict[str, str]:
+    """Django's messages for a number field, in our words and plain numbers (the service
+    and the API say the same)."""
+    between = f"Must be between {bounds}."
+    return {
+        "required": "Enter a value.",
+        "invalid": "Must be a whole number." if kind is int else "Must be a number.",
+        "min_value": between,
+        "max_value": between,
+    }
+
+
 def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Field:
-    bounds = f"{bound.minimum:g} to {bound.maximum:g}"
-    help_text = f"{bound.help} {bounds}" + ("; empty for no limit." if bound.optional else ".")
+    help_text = f"{bound.help} {bound.range()}" + (
+        "; empty for no limit." if bound.optional else "."
+    )
     common = {
         "label": _label(name),
         "required": not bound.optional,
@@ -35,6 +48,7 @@ def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Fiel
         "min_value": bound.minimum,
         "max_value": bound.maximum,
         "help_text": help_text,
+        "error_messages": number_messages(bound.kind, bound.describe()),
     }
     if bound.kind is int:
         return forms.IntegerField(**common)
@@ -42,15 +56,29 @@ def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Fiel
 
 
 class RunForm(forms.Form):
-    dataset_key = forms.ChoiceField(label="Dataset")
+    dataset_key = forms.ChoiceField(
+        label="Dataset",
+        error_messages={
+            "required": "Choose a dataset.",
+            "invalid_choice": "There is no dataset %(value)s: choose one from the list.",
+        },
+    )
     model_id = forms.CharField(
         label="Model",
         max_length=200,
+        error_messages={
+            "required": "Enter a model reference.",
+            "max_length": "At most 200 characters.",
+        },
         help_text="local:NAME (a folder in the models directory), ORG/NAME (Hugging Face) or "
         "kaggle:OWNER/MODEL/FRAMEWORK/VARIATION.",
     )
     name = forms.CharField(
-        label="Name", required=False, max_length=200, help_text="Optional, to find the run later."
+        label="Name",
+        required=False,
+        max_length=200,
+        help_text="Optional, to find the run later.",
+        error_messages={"max_length": "At most 200 characters."},
     )
     timeout_seconds = forms.IntegerField()  # replaced in __init__
     # Set by the button that submits the form ("Dry-run" or "Run with Tunix"), not rendered.
@@ -68,7 +96,11 @@ class RunForm(forms.Form):
             max_value=settings.RUN_TIMEOUT_MAX,
             initial=settings.RUN_TIMEOUT_DEFAULT,
             help_text="The run is stopped after this long; "
-            f"at most {settings.RUN_TIMEOUT_MAX:,} s.",
+            f"{hyperparameters.format_number(10)} to "
+            f"{hyperparameters.format_number(settings.RUN_TIMEOUT_MAX)} s.",
+            error_messages=number_messages(
+                int, f"10 and {hyperparameters.format_number(settings.RUN_TIMEOUT_MAX)}"
+            ),
         )
         self.fields["model_id"].widget.attrs.update(
             {"list": "model-choices", "autocomplete": "off", "spellcheck": "false"}
@@ -161,6 +193,26 @@ class RunForm(forms.Form):
         except InvalidInput as exc:
             if name in exc.fields:
                 self.add_error(name, exc.fields[name])
+
+    def check_service_fields(self, *, owner) -> None:
+        """After a submission with field errors, ask the service about the fields that did
+        clean, so every error the live checks showed stays shown (a model the service
+        refuses is not hidden by a number out of range)."""
+        try:
+            services.run_plan(owner=owner, request=self.plan_request(), check_dataset=False)
+        except InvalidInput as exc:
+            for name, message in exc.fields.items():
+                if name in self.fields and name != "mode" and name not in self.errors:
+                    self.add_error(name, message)
+
+    def error_summary(self) -> list[tuple[str, str, str]]:
+        """(input id, label, message) of every field error, for the summary at the top."""
+        return [
+            (self[name].auto_id, field.label or _label(name), message)
+            for name, field in self.fields.items()  # in the order of the form
+            if name != "mode"
+            for message in self.errors.get(name, [])
+        ]
 
     def plan_request(self) -> services.RunRequest:
         """Like run_request, as a dry-run: a preview or a field check needs no Tunix."""

@@ -210,6 +210,7 @@ def run_new(request):
             return redirect("runs:detail", run_id=run.id)
     else:
         status = InvalidInput.status_code
+        form.check_service_fields(owner=request.user)
     # A refused submission (Tunix unavailable, queue full) still previews what it would run.
     plan = _preview(request, form) if not form.errors else None
     context = _form_context(request, form, plan=plan)

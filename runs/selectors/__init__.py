@@ -3,6 +3,7 @@
 
 from .compare import run_comparison, runs_for_compare
 from .logs import (
+    STREAM_TAIL_BYTES,
     run_log_chunks,
     run_log_excerpt,
     run_log_tail,
@@ -10,6 +11,7 @@ from .logs import (
     run_metric_count,
     run_metric_series,
     run_metric_summary,
+    run_stream_tail,
 )
 from .runs import (
     Page,
@@ -38,6 +40,8 @@ __all__ = [
     "run_metric_series",
     "run_metric_count",
     "run_metric_summary",
+    "run_stream_tail",
+    "STREAM_TAIL_BYTES",
     "runs_for_compare",
     "run_comparison",
 ]

@@ -66,6 +66,35 @@ def run_log_excerpt(run: TunixRun, *, head_chars: int = 8000, tail_chars: int = 
     }
 
 
+# The seed's `stdout`/`stderr` were the last 10 KB of each stream; so are ours.
+STREAM_TAIL_BYTES = 10 * 1024
+
+
+def run_stream_tail(run: TunixRun, stream: str, *, limit_bytes: int = STREAM_TAIL_BYTES):
+    """The last `limit_bytes` bytes (UTF-8) of one stream of a run's stored log, and
+    whether anything before them was left out (earlier output of that stream, or what the
+    log cap dropped). Cut on a character boundary: never half a character."""
+
+    chunks = LogChunk.objects.filter(run=run, stream=stream).order_by("-seq")
+    taken, size, more = [], 0, False
+    for text in chunks.values_list("text", flat=True).iterator(chunk_size=50):
+        if size >= limit_bytes:
+            more = True
+            break
+        taken.append(text)
+        size += len(text.encode())
+    data = "".join(reversed(taken)).encode()
+    truncated = more or len(data) > limit_bytes or run.log_dropped_bytes > 0
+    if len(data) > limit_bytes:
+        data = data[-limit_bytes:]
+        # Continuation bytes (10xxxxxx) at the cut belong to a character cut in half.
+        start = 0
+        while start < len(data) and data[start] & 0xC0 == 0x80:
+            start += 1
+        data = data[start:]
+    return data.decode(), truncated
+
+
 def _chunks_up_to(ordered, chars: int, *, most: int = 200) -> list[tuple[int, str]]:
     taken, size = [], 0
     for seq, text in ordered.values_list("seq", "text")[:most]:

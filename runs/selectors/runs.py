@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from dataclasses import dataclass
 
 from django.db.models import Count, Q, QuerySet
 
-from ..errors import Forbidden, NotFound
+from ..errors import Conflict, Forbidden, NotFound
 from ..models import LogChunk, Metric, RunStatus, TunixRun
 
 
@@ -18,17 +17,55 @@ def runs_visible_to(user) -> QuerySet[TunixRun]:
     return runs if user.is_staff else runs.filter(owner=user)
 
 
+# The pages show 8-character ids; a prefix of at least this many hex digits finds a run.
+MIN_ID_PREFIX = 6
+
+
+def id_prefix_range(text: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The smallest and largest UUID that start with the hex digits of `text` (dashes
+    ignored), or None when `text` is not such a prefix of at least MIN_ID_PREFIX digits.
+    A range on the primary key, not a LIKE on its text, so the lookup uses the index on
+    PostgreSQL (uuid) and SQLite (32 hex characters) alike."""
+    digits = text.strip().replace("-", "").lower()
+    if not MIN_ID_PREFIX <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
 def run_for_user(*, user, run_id) -> TunixRun:
-    """The run, 404 when there is none, 403 when it is someone else's."""
+    """The run by its id or by a unique prefix of it (at least MIN_ID_PREFIX hex digits,
+    as the pages and the CLI show them). 404 when there is none, 409 when a prefix fits
+    several of the user's runs, 403 when a full id is someone else's run."""
+    runs = TunixRun.objects.select_related("owner", "dataset", "parent")
+    text = str(run_id)
     try:
-        run = TunixRun.objects.select_related("owner", "dataset", "parent").get(
-            id=uuid.UUID(str(run_id))
-        )
-    except (TunixRun.DoesNotExist, ValueError, TypeError) as exc:
+        run = runs.get(id=uuid.UUID(text))
+    except ValueError:
+        run = _run_by_prefix(runs, user=user, text=text)
+    except TunixRun.DoesNotExist as exc:
         raise NotFound("No such run.") from exc
     if not user.is_staff and run.owner_id != user.id:
         raise Forbidden("This run belongs to another user.")
     return run
+
+
+def _run_by_prefix(runs: QuerySet[TunixRun], *, user, text: str) -> TunixRun:
+    bounds = id_prefix_range(text)
+    if bounds is None:
+        raise NotFound(
+            f"No such run: give its id or at least {MIN_ID_PREFIX} of its first characters."
+        )
+    if not user.is_staff:
+        runs = runs.filter(owner=user)  # a prefix only ever finds the user's own runs
+    found = list(runs.filter(id__range=bounds).order_by("id")[:2])
+    if not found:
+        raise NotFound(f"No run's id starts with {text!r}.")
+    if len(found) > 1:
+        raise Conflict(
+            f"More than one run's id starts with {text!r} ({found[0].id}, {found[1].id}, "
+            "...): give more characters."
+        )
+    return found[0]
 
 
 def runs_filter(
@@ -52,8 +89,9 @@ def runs_filter(
         q = q.strip()[:100]
         text = Q(name__icontains=q) | Q(model_id__icontains=q) | Q(dataset_key__icontains=q)
         text |= Q(message__icontains=q)
-        with contextlib.suppress(ValueError):
-            text |= Q(id=uuid.UUID(q))
+        bounds = id_prefix_range(q)
+        if bounds is not None:  # the start of a run id, as the pages show it
+            text |= Q(id__range=bounds)
         queryset = queryset.filter(text)
     return queryset.order_by("-created_at", "-id")
 

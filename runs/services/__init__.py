@@ -16,6 +16,7 @@ from .lifecycle import (
     run_finish,
     run_heartbeat_is_stale,
     run_prepare,
+    runs_cancel_supervised_by,
     runs_reap,
 )
 from .runs import RunPlan, RunRequest, run_create, run_plan, run_request, run_rerun, run_resume
@@ -38,6 +39,7 @@ __all__ = [
     "run_execute",
     "run_cancel",
     "runs_reap",
+    "runs_cancel_supervised_by",
     "reaper_loop",
     "run_delete",
     "runs_prune",

@@ -143,6 +143,26 @@ def run_cancel(*, run: TunixRun) -> TunixRun:
     return run
 
 
+def runs_cancel_supervised_by(*, pids: set[int]) -> int:
+    """Cancel the running runs whose training child is one of `pids` on this host: the
+    processes of a worker cluster that is being stopped (`manage.py serve`). Their
+    supervisors stop them as for any cancel and record them cancelled, so the workers can
+    exit instead of waiting for training to end. Returns how many were asked."""
+    asked = 0
+    for run in TunixRun.objects.filter(
+        status=RunStatus.RUNNING,
+        worker_host=this_host(),
+        pid__in=pids,
+        cancel_requested_at__isnull=True,
+    ):
+        try:
+            run_cancel(run=run)
+            asked += 1
+        except Conflict:
+            pass  # it ended meanwhile
+    return asked
+
+
 def _reap_one(run: TunixRun, *, status: str, message: str) -> bool:
     if run.pgid and run.worker_host == this_host():
         kill_group(
