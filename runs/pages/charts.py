@@ -342,6 +342,7 @@ def run_panels(
     resume_step: int | None = None,
     width: int = 480,
     height: int = 240,
+    main: tuple[int, int] = (640, 280),
 ) -> list[Panel]:
     """One chart per quantity of a run (loss first: train and eval together), the step as
     x. A continued run also draws its parent's points up to the resume step, faded."""
@@ -351,7 +352,9 @@ def run_panels(
     }
     names = [n for n, pts in metrics.items() if pts] + [n for n, pts in parent.items() if pts]
     panels = []
-    for quantity in quantities(names) or ["loss"]:
+    # Loss always comes first (the run page shows it large), recorded or not yet.
+    for quantity in ["loss"] + [q for q in quantities(names) if q != "loss"]:
+        size = main if quantity == "loss" else (width, height)
         title, y_label = QUANTITIES.get(quantity, (quantity.replace("_", " ").capitalize(), ""))
         series = []
         for source, fade, prefix in ((parent, 0.4, "parent "), (metrics, 1.0, "")):
@@ -366,8 +369,8 @@ def run_panels(
             series,
             title=f"{title} by step",
             y_label=y_label or quantity,
-            width=width,
-            height=height,
+            width=size[0],
+            height=size[1],
             empty_text=f"No {title.lower()} recorded yet.",
         )
         panels.append(Panel(quantity, title, svg))
@@ -379,6 +382,7 @@ def compare_panels(
     *,
     width: int = 480,
     height: int = 260,
+    main: tuple[int, int] = (960, 380),
 ) -> list[Panel]:
     """One chart per quantity that at least two of the runs recorded; one colour per run
     (`runs` holds (label, colour, metrics) each). Noisy series are drawn as their EMA only,
@@ -388,7 +392,9 @@ def compare_panels(
         for quantity in quantities(n for n, pts in metrics.items() if pts):
             counts[quantity] = counts.get(quantity, 0) + 1
     panels = []
-    for quantity in quantities(q for q, n in counts.items() if n >= 2):
+    shared = quantities(q for q, n in counts.items() if n >= 2)
+    for quantity in ["loss"] + [q for q in shared if q != "loss"]:
+        size = main if quantity == "loss" else (width, height)
         title, y_label = QUANTITIES.get(quantity, (quantity.replace("_", " ").capitalize(), ""))
         series = []
         for label, color, metrics in runs:
@@ -403,8 +409,8 @@ def compare_panels(
             series,
             title=f"{title} by step",
             y_label=y_label or quantity,
-            width=width,
-            height=height,
+            width=size[0],
+            height=size[1],
         )
         panels.append(Panel(quantity, title, svg))
     return panels

@@ -15,6 +15,7 @@ from .runs import (
     Page,
     paginate,
     queue_position,
+    run_children,
     run_filter_options,
     run_for_user,
     runs_filter,
@@ -25,6 +26,7 @@ from .runs import (
 __all__ = [
     "runs_visible_to",
     "run_for_user",
+    "run_children",
     "runs_filter",
     "Page",
     "paginate",
