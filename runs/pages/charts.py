@@ -199,31 +199,6 @@ def line_chart(
     return mark_safe("".join(parts))  # noqa: S308 - every text in it was escaped above
 
 
-def loss_series(
-    metrics: dict[str, list[tuple[int, float]]],
-    *,
-    label: str = "",
-    color: str = PALETTE[0],
-    eval_color: str | None = None,
-) -> list[Series]:
-    """Train and eval loss of one run: train solid, eval dashed with markers."""
-    prefix = f"{label} " if label else ""
-    found = []
-    if metrics.get("train/loss"):
-        found.append(Series(f"{prefix}train loss", metrics["train/loss"], color))
-    if metrics.get("eval/loss"):
-        found.append(
-            Series(
-                f"{prefix}eval loss",
-                metrics["eval/loss"],
-                eval_color or color,
-                dashed=True,
-                markers=True,
-            )
-        )
-    return found
-
-
 def histogram_geometry(stats: dict[str, Any], *, width: int = 480, height: int = 110) -> dict:
     """Bar geometry for the length histogram (drawn as inline SVG, no script needed), with
     a marker where max_seq_length falls inside the range."""
