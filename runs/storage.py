@@ -17,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
+from . import protocol
 from .errors import Conflict, NotFound
 from .models import Dataset, TunixRun
 
@@ -204,3 +205,159 @@ def folder_size(path: Path) -> int:
             if stat.S_ISREG(info.st_mode):
                 total += info.st_size
     return total
+
+
+# --- the run page's view of a run's folder --------------------------------------------------
+# (Added beside run_output_files and run_output_archive, which the API still uses.)
+
+
+def _checkpoint_step_dir(root: Path, step: int) -> Path | None:
+    """`checkpoints/<step>` inside `root` when it is a real folder (not a symlink)."""
+    folder = root / protocol.CHECKPOINTS_DIRNAME / str(int(step))
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    return folder
+
+
+def _files_under(folder: Path):
+    """(path, size) of the regular files under `folder`, sorted; symlinks are neither
+    followed nor listed."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield path, info.st_size
+
+
+def _step_summaries(root: Path) -> list[dict[str, Any]]:
+    """Each checkpoint step folder as one row: step, complete, size, files, newest first."""
+    folder = root / protocol.CHECKPOINTS_DIRNAME
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    rows = []
+    for child in folder.iterdir():
+        if child.name.isdigit() and not child.is_symlink() and child.is_dir():
+            sizes = [size for _, size in _files_under(child)]
+            rows.append(
+                {
+                    "step": int(child.name),
+                    "complete": (child / protocol.CHECKPOINT_COMPLETE_MARKER).is_file(),
+                    "size": sum(sizes),
+                    "files": len(sizes),
+                    "path": f"{protocol.CHECKPOINTS_DIRNAME}/{child.name}",
+                }
+            )
+    return sorted(rows, key=lambda row: row["step"], reverse=True)
+
+
+class _Budget:
+    """How many more entries a listing may look at (a folder of 100,000 files must not
+    make the run page slow); `exhausted` once it ran out."""
+
+    def __init__(self, entries: int):
+        self.left = entries
+        self.exhausted = False
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            self.exhausted = True
+            return False
+        self.left -= 1
+        return True
+
+
+def _folder_node(folder: Path, relative: str, *, shown: int, budget: _Budget, skip=()) -> dict:
+    """A folder as a tree node: its entries (folders first, at most `shown`, then how many
+    more), with the number and total size of the regular files under it."""
+    node = {"name": folder.name, "path": relative, "dir": True, "files": 0, "size": 0}
+    children, more = [], 0
+    try:
+        entries = sorted(
+            os.scandir(folder), key=lambda e: (not e.is_dir(follow_symlinks=False), e.name)
+        )
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.name in skip or entry.is_symlink() or not budget.take():
+            continue
+        path = f"{relative}/{entry.name}" if relative else entry.name
+        if entry.is_dir(follow_symlinks=False):
+            child = _folder_node(Path(entry.path), path, shown=shown, budget=budget)
+        elif entry.is_file(follow_symlinks=False):
+            child = {"name": entry.name, "path": path, "dir": False, "files": 1}
+            child["size"] = entry.stat(follow_symlinks=False).st_size
+        else:
+            continue
+        node["files"] += child["files"]
+        node["size"] += child["size"]
+        if len(children) < shown:
+            children.append(child)
+        else:
+            more += 1
+    node["children"], node["more"] = children, more
+    return node
+
+
+def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000) -> dict:
+    """The run's folder for the run page: every checkpoint step as one row (size, files,
+    complete or not), the rest as a folder tree whose folders list at most `shown` entries
+    each and say how many more they hold. At most `max_entries` entries are looked at;
+    `partial` says the listing stopped there. Symlinks are neither followed nor listed."""
+    empty = {"checkpoints": [], "tree": None, "files": 0, "size": 0, "partial": False}
+    try:
+        root = run_output_path(run)
+    except UnsafePath:
+        return empty
+    if root.is_symlink() or not root.is_dir():
+        return empty
+    budget = _Budget(max_entries)
+    steps = _step_summaries(root)
+    tree = _folder_node(root, "", shown=shown, budget=budget, skip={protocol.CHECKPOINTS_DIRNAME})
+    extra = root / protocol.CHECKPOINTS_DIRNAME
+    if extra.is_dir() and not extra.is_symlink():
+        # What else lives beside the step folders (Orbax's temporary folders while saving).
+        rest = _folder_node(
+            extra,
+            protocol.CHECKPOINTS_DIRNAME,
+            shown=shown,
+            budget=budget,
+            skip={str(row["step"]) for row in steps},
+        )
+        if rest["children"] or rest["more"]:
+            tree["children"].insert(0, rest)
+            tree["files"] += rest["files"]
+            tree["size"] += rest["size"]
+    return {
+        "checkpoints": steps,
+        "tree": tree,
+        "files": tree["files"] + sum(row["files"] for row in steps),
+        "size": tree["size"] + sum(row["size"] for row in steps),
+        "partial": budget.exhausted,
+    }
+
+
+def run_checkpoint_archive(run: TunixRun, step: int):
+    """One checkpoint step's folder as a streamed .tar.gz (`checkpoint-<step>/...`), regular
+    files only; NotFound when the run has no such step."""
+    try:
+        folder = _checkpoint_step_dir(run_output_path(run), step)
+    except UnsafePath:
+        folder = None
+    if folder is None:
+        raise NotFound(f"This run has no checkpoint at step {int(step)}.")
+
+    def stream():
+        spool = _Spool()
+        with tarfile.open(fileobj=spool, mode="w|gz") as archive:
+            for path, _size in _files_under(folder):
+                name = f"checkpoint-{int(step)}/{path.relative_to(folder)}"
+                archive.add(path, arcname=name, recursive=False)
+                yield spool.take()
+        yield spool.take()
+
+    return stream()

@@ -125,8 +125,9 @@ def test_a_local_run_goes_pending_running_completed_with_its_log_live(
     settings.TUNIX_LAUNCHER_MODULE = LAUNCHER
     log_in(page, live_server, user)
     submit_run(page, max_steps=15, button="#submit-local")
-    # No worker yet: the run waits in the queue.
+    # No worker yet: the run waits in the queue, and the banner says so.
     expect(page.locator("#run-status")).to_have_text("Pending")
+    expect(page.locator("#messages")).to_contain_text("Run queued.")
     page.evaluate("window.__sameDocument = true")
     run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
     # The run list in a second tab: the run's row refreshes itself, and a box ticked to
@@ -139,6 +140,8 @@ def test_a_local_run_goes_pending_running_completed_with_its_log_live(
 
     start_cluster(workers=1, TUNIXRT_LAUNCHER_MODULE=LAUNCHER)
     expect(page.locator("#run-status")).to_have_text("Running", timeout=SLOW)
+    # The run has left the queue: "Run queued." would be stale, so it goes.
+    expect(page.locator("#messages")).to_be_empty()
     expect(page.locator("#log-lines")).to_contain_text("short_job: loaded config", timeout=SLOW)
     # More lines than the log box shows: it keeps the newest in sight...
     expect(page.locator("#log-lines")).to_contain_text("step 8/15", timeout=SLOW)
@@ -154,7 +157,8 @@ def test_a_local_run_goes_pending_running_completed_with_its_log_live(
     expect(page.locator("#log-lines")).to_contain_text("short_job: done")
     expect(page.locator("#run-exit-code")).to_have_text("0")
     expect(page.locator("#run-steps")).to_have_text("step 15 / 15")
-    expect(page.locator("#loss-chart polyline")).to_have_count(2)
+    # Train loss (15 points): raw values, faint, under their EMA; eval loss dashed.
+    expect(page.locator("#loss-chart polyline")).to_have_count(3)
     # All of it arrived by polling: the page was never reloaded, and polling has stopped.
     assert page.evaluate("window.__sameDocument") is True
     assert page.locator("#status").get_attribute("hx-trigger") is None
@@ -182,7 +186,10 @@ def test_cancelling_a_long_run_ends_it_cancelled(
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#cancel-run")
     expect(page.locator("#run-status")).to_have_text("Cancelled", timeout=SLOW)
+    expect(page.locator("#messages")).to_be_empty()  # no stale "Cancel requested"
     expect(page.locator("#log-lines")).to_contain_text("stopping the process group")
+    # The supervisor's own lines are notes, not errors.
+    expect(page.locator("#log-lines .lv-note").first).to_contain_text("[tunix-rt]")
     expect(page.locator("#cancel-run")).to_have_count(0)
     expect(page.locator("#delete-run")).to_be_visible()
 

@@ -71,11 +71,16 @@ def test_ticks_are_round_numbers_covering_the_range():
     assert ticks[0] >= 0.123 and ticks[-1] <= 0.987 and len(ticks) >= 3
 
 
-def test_loss_series_takes_train_and_eval_loss_of_a_run():
-    series = charts.loss_series(
-        {"train/loss": [(1, 2.0)], "eval/loss": [(1, 2.1)], "train/lr": [(1, 0.1)]},
-        label="run-a",
-    )
-    assert [s.label for s in series] == ["run-a train loss", "run-a eval loss"]
-    assert series[1].dashed and not series[0].dashed
-    assert charts.loss_series({}) == []
+def test_panels_come_loss_first_then_known_quantities_then_the_rest():
+    metrics = {
+        "train/zeta": [(1, 1.0)],
+        "train/grad_norm": [(1, 0.5)],
+        "eval/loss": [(1, 2.1)],
+        "train/learning_rate": [(1, 0.1)],
+    }
+    panels = charts.run_panels(metrics)
+    assert [p.key for p in panels] == ["loss", "learning_rate", "grad_norm", "zeta"]
+    assert [p.title for p in panels] == ["Loss", "Learning rate", "Gradient norm", "Zeta"]
+    # A run with nothing recorded yet still has its (empty) loss chart.
+    [empty] = charts.run_panels({})
+    assert "No loss recorded yet." in empty.svg

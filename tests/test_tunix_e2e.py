@@ -122,4 +122,8 @@ def test_resume_continues_from_the_parents_last_checkpoint(
     assert child.status == RunStatus.COMPLETED, child.message
     steps = [s for s, _ in losses(child)]
     assert steps and min(steps) > 12 and max(steps) == 20
+    # The first evaluation after the resume runs (at the resume step), not an empty one.
+    assert "No eval examples found" not in log_text(child)
+    eval_steps = Metric.objects.filter(run=child, name="eval/loss").values_list("step", flat=True)
+    assert 12 in eval_steps, list(eval_steps)
     assert any(c["complete"] and c["step"] == 20 for c in storage.run_checkpoints(child))

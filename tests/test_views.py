@@ -412,8 +412,11 @@ def test_the_run_page_shows_status_progress_log_chart_config_and_outputs(
     )
     assert "first line" in html and "second line" in html
     # The poller asks for chunks after the last one shown and says how many points it has.
-    assert f'hx-get="/runs/{run.id}/?after=2&amp;m=3"' in html and "every 2s" in html
-    assert "<polyline" in html and "train loss" in html and "eval loss" in html
+    # (and which status it showed: a banner about an earlier status then goes away)
+    assert f'hx-get="/runs/{run.id}/?after=2&amp;m=3&amp;s=running"' in html
+    assert "every 2s" in html
+    assert "<polyline" in html and 'aria-label="Loss by step"' in html
+    assert ">train</text>" in html and ">eval</text>" in html
     assert "&quot;max_seq_length&quot;" in html and "never started here" in html
     assert "checkpoints/3" in html and "complete" in html
     assert f'href="/runs/{run.id}/log.txt"' in html
@@ -429,14 +432,15 @@ def test_a_poll_returns_only_the_chunks_after_the_cursor_with_the_new_cursor(cli
     assert response.status_code == 200 and not is_full_page(response)
     assert html.lstrip().startswith('<section id="status"')
     assert "old one" not in html and "hx-swap-oob" not in html
-    assert "?after=2&amp;m=0" in html
+    assert "?after=2&amp;m=0&amp;s=running" in html
     add_chunks(run, "new three\n", "new four\n")
     html = client.get(f"/runs/{run.id}/?after=2&m=0", headers=HTMX).content.decode()
     # (not just "old": the page's random CSRF token may contain those letters)
     assert "old one" not in html and "old two" not in html
     assert '<code hx-swap-oob="beforeend:#log-lines">' in html
-    assert 'data-seq="3">new three' in html and 'data-seq="4">new four' in html
-    assert "?after=4&amp;m=0" in html
+    assert 'data-seq="3"><span class="lv-plain">new three' in html
+    assert 'data-seq="4"><span class="lv-plain">new four' in html
+    assert "?after=4&amp;m=0&amp;s=running" in html
 
 
 def test_a_poll_redraws_the_chart_only_when_points_were_added(client, run_factory):
@@ -476,7 +480,8 @@ def test_a_final_run_keeps_polling_until_its_log_has_been_sent(client, run_facto
     first = client.get(f"/runs/{run.id}/?after=0", headers=HTMX)
     assert first.status_code == 200 and "?after=2" in first.content.decode()
     second = client.get(f"/runs/{run.id}/?after=2", headers=HTMX)
-    assert second.status_code == HTMX_STOP_POLLING and 'data-seq="3">c' in second.content.decode()
+    assert second.status_code == HTMX_STOP_POLLING
+    assert 'data-seq="3"><span class="lv-plain">c' in second.content.decode()
 
 
 def test_training_output_with_a_script_tag_is_shown_escaped(client, run_factory):
@@ -596,7 +601,7 @@ def test_compare_shows_configs_side_by_side_with_differences_and_overlaid_losses
     page = client.get(f"/runs/compare/?run={first.id}&run={second.id}")
     html = page.content.decode()
     assert page.status_code == 200 and is_full_page(page)
-    assert "lr-small train loss" in html and "lr-big train loss" in html
+    assert ">lr-small train</text>" in html and ">lr-big train</text>" in html
     assert html.count("<polyline") == 2
     row = re.search(
         r'<tr class="differs"><th scope="row"><code>config\.training\.learning_rate'

@@ -253,7 +253,9 @@ def train(config: dict, prep: Prepared, events: Events, started: float) -> dict:
     examples = prep.eval_examples
     order = list(range(len(examples)))
     eval_batches = list(make_batches(examples, t["batch_size"], prep.seq_len, order))
-    eval_ds = EvalBatches(eval_batches, skip_first=resumed_from is not None) or None
+    # A resumed run evaluates its starting step as well: its own curve starts there, and
+    # an evaluation with no batches would only log "No eval examples found".
+    eval_ds = EvalBatches(eval_batches, skip_first=False) or None
     mesh = build_mesh()
     # Tunix's trainer finds the mesh through the legacy `with mesh:` context
     # (pxla.thread_resources); jax.set_mesh alone would leave its inputs unsharded.

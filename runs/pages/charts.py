@@ -28,6 +28,10 @@ class Series:
     color: str = PALETTE[0]
     dashed: bool = False
     markers: bool = field(default=False)
+    # A faded series (raw values under their smoothed line, a parent run's history) is drawn
+    # thin and translucent, without point markers; `legend=False` leaves it out of the legend.
+    opacity: float = 1.0
+    legend: bool = True
 
 
 def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -106,6 +110,8 @@ def line_chart(
     # The legend sits above the plot and wraps onto as many rows as it needs.
     legend, row, x = [], 0, 56.0
     for s, _ in drawn:
+        if not s.legend:
+            continue
         item_width = 34 + 6.5 * min(len(s.label), 60)
         if x + item_width > width - 8 and x > 56:
             row, x = row + 1, 56.0
@@ -160,13 +166,19 @@ def line_chart(
     for s, pts in drawn:
         color = escape(s.color)
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        faded = s.opacity < 1
+        look = (
+            f' stroke-width="1.25" stroke-opacity="{s.opacity:.2f}"'
+            if faded
+            else ' stroke-width="2"'
+        )
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         parts.append(
-            f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} '
+            f'<polyline fill="none" stroke="{color}"{look}{dash} '
             f'stroke-linejoin="round" points="{coords}"><title>{escape(s.label)}</title>'
             "</polyline>"
         )
-        if s.markers or len(pts) <= 60:
+        if not faded and (s.markers or len(pts) <= 60):
             for x, y in pts:
                 parts.append(
                     f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}">'
@@ -176,6 +188,7 @@ def line_chart(
     for s, x, y in legend:
         color = escape(s.color)
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        dash += f' stroke-opacity="{s.opacity:.2f}"' if s.opacity < 1 else ""
         parts.append(
             f'<line x1="{x:.1f}" x2="{x + 24:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" '
             f'stroke-width="2"{dash}/>'
@@ -184,31 +197,6 @@ def line_chart(
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 - every text in it was escaped above
-
-
-def loss_series(
-    metrics: dict[str, list[tuple[int, float]]],
-    *,
-    label: str = "",
-    color: str = PALETTE[0],
-    eval_color: str | None = None,
-) -> list[Series]:
-    """Train and eval loss of one run: train solid, eval dashed with markers."""
-    prefix = f"{label} " if label else ""
-    found = []
-    if metrics.get("train/loss"):
-        found.append(Series(f"{prefix}train loss", metrics["train/loss"], color))
-    if metrics.get("eval/loss"):
-        found.append(
-            Series(
-                f"{prefix}eval loss",
-                metrics["eval/loss"],
-                eval_color or color,
-                dashed=True,
-                markers=True,
-            )
-        )
-    return found
 
 
 def histogram_geometry(stats: dict[str, Any], *, width: int = 480, height: int = 110) -> dict:
@@ -247,3 +235,157 @@ def histogram_geometry(stats: dict[str, Any], *, width: int = 480, height: int =
         "lo": lo,
         "hi": hi - 1,
     }
+
+
+# --- every recorded series, as small multiples --------------------------------------------
+
+# TensorBoard's default smoothing weight: each point is 0.6 of the running average and 0.4
+# of the new value, debiased at the start so the curve does not begin at zero.
+EMA_WEIGHT = 0.6
+# Fewer points than this are not smoothed: each one is worth seeing as it is.
+SMOOTH_MIN_POINTS = 8
+# Panels first in this order (by the part of the name after "train/" or "eval/"), then the
+# rest alphabetically; titles and y labels of the known ones.
+QUANTITIES = {
+    "loss": ("Loss", "loss"),
+    "perplexity": ("Perplexity", "perplexity"),
+    "learning_rate": ("Learning rate", "learning rate"),
+    "grad_norm": ("Gradient norm", "global norm"),
+    "step_time": ("Step time", "seconds"),
+    "seconds_per_step": ("Step time", "seconds"),
+    "steps_per_sec": ("Steps per second", "steps/s"),
+    "tokens_per_second": ("Tokens per second", "tokens/s"),
+    "tokens_per_sec": ("Tokens per second", "tokens/s"),
+}
+# Values a schedule sets, not measurements: drawn as they are.
+NOT_SMOOTHED = {"learning_rate"}
+SPLIT_ORDER = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Panel:
+    key: str  # the quantity ("loss", "grad_norm", ...), also the element id's suffix
+    title: str
+    svg: SafeString
+
+
+def ema(points: Sequence[tuple[float, float]], weight: float = EMA_WEIGHT):
+    """Debiased exponential moving average of the finite points, step by step."""
+    smoothed, average = [], 0.0
+    for count, (x, y) in enumerate(_finite(points), start=1):
+        average = average * weight + (1 - weight) * y
+        smoothed.append((x, average / (1 - weight**count)))
+    return smoothed
+
+
+def _quantity(name: str) -> tuple[str, str]:
+    """("train", "loss") from "train/loss"; ("", name) for a name without a split."""
+    split, _, rest = name.partition("/")
+    return (split, rest) if rest else ("", name)
+
+
+def quantities(names) -> list[str]:
+    """The panels the metric names call for, known ones first in their order."""
+    found = {_quantity(name)[1] for name in names}
+    known = [q for q in QUANTITIES if q in found]
+    return known + sorted(found - set(known))
+
+
+def _split_key(name: str) -> tuple[int, str]:
+    split = _quantity(name)[0]
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), name)
+
+
+def _styled(name: str, points, *, label: str, color: str, fade: float = 1.0) -> list[Series]:
+    """One metric's lines: eval-like sparse series dashed with markers; a noisy series as
+    its raw values, faint, under their EMA; a schedule as it is."""
+    split, quantity = _quantity(name)
+    if split == "eval":
+        return [Series(label, points, color, dashed=True, markers=True, opacity=fade)]
+    if quantity in NOT_SMOOTHED or len(points) < SMOOTH_MIN_POINTS:
+        return [Series(label, points, color, opacity=fade)]
+    return [
+        Series(f"{label} (raw)", points, color, opacity=0.3 * fade, legend=False),
+        Series(f"{label} (EMA)", ema(points), color, opacity=fade),
+    ]
+
+
+def run_panels(
+    metrics: dict[str, list[tuple[int, float]]],
+    *,
+    parent: dict[str, list[tuple[int, float]]] | None = None,
+    resume_step: int | None = None,
+    width: int = 480,
+    height: int = 240,
+    main: tuple[int, int] = (640, 280),
+) -> list[Panel]:
+    """One chart per quantity of a run (loss first: train and eval together), the step as
+    x. A continued run also draws its parent's points up to the resume step, faded."""
+    parent = {
+        name: [p for p in points if resume_step is None or p[0] <= resume_step]
+        for name, points in (parent or {}).items()
+    }
+    names = [n for n, pts in metrics.items() if pts] + [n for n, pts in parent.items() if pts]
+    panels = []
+    # Loss always comes first (the run page shows it large), recorded or not yet.
+    for quantity in ["loss"] + [q for q in quantities(names) if q != "loss"]:
+        size = main if quantity == "loss" else (width, height)
+        title, y_label = QUANTITIES.get(quantity, (quantity.replace("_", " ").capitalize(), ""))
+        series = []
+        for source, fade, prefix in ((parent, 0.4, "parent "), (metrics, 1.0, "")):
+            mine = sorted((n for n in source if _quantity(n)[1] == quantity), key=_split_key)
+            for name in mine:
+                split = _quantity(name)[0] or quantity
+                color = PALETTE[_split_key(name)[0]]  # train, eval, other: fixed colours
+                series += _styled(
+                    name, source[name], label=f"{prefix}{split}", color=color, fade=fade
+                )
+        svg = line_chart(
+            series,
+            title=f"{title} by step",
+            y_label=y_label or quantity,
+            width=size[0],
+            height=size[1],
+            empty_text=f"No {title.lower()} recorded yet.",
+        )
+        panels.append(Panel(quantity, title, svg))
+    return panels
+
+
+def compare_panels(
+    runs: Sequence[tuple[str, str, dict[str, list[tuple[int, float]]]]],
+    *,
+    width: int = 480,
+    height: int = 260,
+    main: tuple[int, int] = (960, 380),
+) -> list[Panel]:
+    """One chart per quantity that at least two of the runs recorded; one colour per run
+    (`runs` holds (label, colour, metrics) each). Noisy series are drawn as their EMA only,
+    so that several runs stay readable."""
+    counts: dict[str, int] = {}
+    for _, _, metrics in runs:
+        for quantity in quantities(n for n, pts in metrics.items() if pts):
+            counts[quantity] = counts.get(quantity, 0) + 1
+    panels = []
+    shared = quantities(q for q, n in counts.items() if n >= 2)
+    for quantity in ["loss"] + [q for q in shared if q != "loss"]:
+        size = main if quantity == "loss" else (width, height)
+        title, y_label = QUANTITIES.get(quantity, (quantity.replace("_", " ").capitalize(), ""))
+        series = []
+        for label, color, metrics in runs:
+            mine = sorted((n for n in metrics if _quantity(n)[1] == quantity), key=_split_key)
+            for name in mine:
+                split = _quantity(name)[0]
+                text = f"{label} {split}".strip()
+                series += [
+                    s for s in _styled(name, metrics[name], label=text, color=color) if s.legend
+                ]
+        svg = line_chart(
+            series,
+            title=f"{title} by step",
+            y_label=y_label or quantity,
+            width=size[0],
+            height=size[1],
+        )
+        panels.append(Panel(quantity, title, svg))
+    return panels

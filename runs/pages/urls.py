@@ -18,4 +18,10 @@ urlpatterns = [
     path("runs/<uuid:run_id>/files/<path:relative>", views.run_file, name="file"),
     path("runs/<uuid:run_id>/outputs.tar.gz", views.run_archive, name="archive"),
     path("runs/<uuid:run_id>/continue/", views.run_continue, name="continue"),
+    path("runs/<uuid:run_id>/run-for-real/", views.run_for_real, name="for_real"),
+    path(
+        "runs/<uuid:run_id>/checkpoints/<int:step>.tar.gz",
+        views.run_checkpoint_archive,
+        name="checkpoint_archive",
+    ),
 ]

@@ -31,14 +31,13 @@ from runs.errors import (
     TunixUnavailable,
 )
 from runs.models import RunMode, RunStatus
-from runs.pages import charts
+from runs.pages import charts, run_page
 from runs.pages.forms import RunForm
 
 # htmx stops polling an element whose response has this status (and still swaps it).
 HTMX_STOP_POLLING = 286
 LOG_TAIL_CHUNKS = 500
 LOG_POLL_CHUNKS = 500
-OUTPUT_FILES_SHOWN = 200
 
 
 def login_required(view):
@@ -206,7 +205,9 @@ def run_new(request):
             if run.mode == RunMode.DRY_RUN:
                 messages.success(request, "Dry-run finished: nothing was executed.")
             else:
-                messages.success(request, "Run queued.")
+                run_page.status_message(
+                    request, messages.SUCCESS, "Run queued.", while_status=RunStatus.PENDING
+                )
             return redirect("runs:detail", run_id=run.id)
     else:
         status = InvalidInput.status_code
@@ -248,14 +249,6 @@ def _after(request) -> int:
         return 0
 
 
-def _chart(run):
-    series = selectors.run_metric_series(run)
-    return charts.line_chart(
-        charts.loss_series(series, color=charts.PALETTE[0], eval_color=charts.PALETTE[1]),
-        title="Loss by step",
-    )
-
-
 @login_required
 @require_GET
 def run_detail(request, run_id):
@@ -270,16 +263,16 @@ def run_detail(request, run_id):
     chunks, earlier = selectors.run_log_tail(run, limit=LOG_TAIL_CHUNKS)
     context = {
         "run": run,
-        "chunks": chunks,
+        "chunks": run_page.log_lines(run, chunks),
         "earlier_log": earlier,
         "cursor": chunks[-1]["seq"] if chunks else 0,
         "metric_count": selectors.run_metric_count(run),
-        "chart": _chart(run),
+        "panels": run_page.panels(request.user, run),
         "queue_position": selectors.queue_position(run),
-        "checkpoints": storage.run_checkpoints(run),
-        "resume_step": storage.run_latest_checkpoint(run),
-        "files": storage.run_output_files(run, limit=OUTPUT_FILES_SHOWN),
         "polling": run.is_active,
+        "tunix_status": training.probe() if run.mode == RunMode.DRY_RUN else None,
+        "live_messages": run_page.live_messages(request, run),
+        **run_page.outputs_context(request.user, run),
     }
     return _render(request, "runs/run_detail.html", context)
 
@@ -297,18 +290,19 @@ def _run_status(request, run):
     final = run.is_final and not more
     context = {
         "run": run,
-        "chunks": chunks,
+        "chunks": run_page.log_lines(run, chunks, after=after),
         "cursor": chunks[-1]["seq"] if chunks else after,
         "metric_count": metric_count,
-        "chart": _chart(run) if str(metric_count) != seen_metrics else None,
+        "panels": run_page.panels(request.user, run) if str(metric_count) != seen_metrics else None,
         "queue_position": selectors.queue_position(run),
         "polling": not final,
         "final": final,
+        # A banner ("Run queued.", "Cancel requested") was about the status the page showed
+        # (`s`); once the status moved on, it is stale and goes away.
+        "clear_messages": request.GET.get("s", run.status) != run.status,
     }
     if final:
-        context["checkpoints"] = storage.run_checkpoints(run)
-        context["resume_step"] = storage.run_latest_checkpoint(run)
-        context["files"] = storage.run_output_files(run, limit=OUTPUT_FILES_SHOWN)
+        context.update(run_page.outputs_context(request.user, run))
     response = render(
         request,
         "runs/run_detail.html#poll",
@@ -331,7 +325,12 @@ def run_cancel(request, run_id):
         if run.is_final:
             messages.success(request, "The run was cancelled.")
         else:
-            messages.info(request, "Cancel requested: the run is being stopped.")
+            run_page.status_message(
+                request,
+                messages.INFO,
+                "Cancel requested: the run is being stopped.",
+                while_status=run.status,
+            )
     return redirect("runs:detail", run_id=run.id)
 
 
@@ -388,8 +387,48 @@ def run_continue(request, run_id):
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("runs:detail", run_id=run.id)
-    messages.success(request, f"Continuing from step {child.resume_from_step}: run queued.")
+    run_page.status_message(
+        request,
+        messages.SUCCESS,
+        f"Continuing from step {child.resume_from_step}: run queued.",
+        while_status=RunStatus.PENDING,
+    )
     return redirect("runs:detail", run_id=child.id)
+
+
+@login_required
+@require_GET
+def run_checkpoint_archive(request, run_id, step):
+    """One checkpoint step's folder as a streamed .tar.gz."""
+    run = _run(request, run_id)
+    try:
+        chunks = storage.run_checkpoint_archive(run, step)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+    return _download(chunks, "application/gzip", f"run-{run.id}-step-{int(step)}.tar.gz")
+
+
+@login_required
+@require_POST
+def run_for_real(request, run_id):
+    """Queue a dry-run's exact inputs as a local run."""
+    run = _run(request, run_id)
+    if run.mode != RunMode.DRY_RUN:
+        messages.error(request, "Only a dry-run can be run for real; use Run again.")
+        return redirect("runs:detail", run_id=run.id)
+    try:
+        new = services.run_rerun(run=run, owner=request.user, changes={"mode": RunMode.LOCAL})
+    except InvalidInput as exc:
+        problems = "; ".join(f"{name}: {text}" for name, text in exc.fields.items())
+        messages.error(request, f"{exc.message} {problems}".strip())
+        return redirect("runs:detail", run_id=run.id)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("runs:detail", run_id=run.id)
+    run_page.status_message(
+        request, messages.SUCCESS, "Run queued.", while_status=RunStatus.PENDING
+    )
+    return redirect("runs:detail", run_id=new.id)
 
 
 @login_required
@@ -416,22 +455,18 @@ def run_compare(request):
     for problem in problems:
         messages.warning(request, problem)
     metrics = [selectors.run_metric_series(run) for run in runs]
-    series = []
-    for index, (run, run_metrics) in enumerate(zip(runs, metrics, strict=True)):
-        label = run.name[:24] or str(run.id)[:8]
-        color = charts.PALETTE[index % len(charts.PALETTE)]
-        series.extend(charts.loss_series(run_metrics, label=label, color=color))
+    colors = [charts.PALETTE[i % len(charts.PALETTE)] for i in range(len(runs))]
+    labelled = [
+        (run.name[:24] or str(run.id)[:8], color, run_metrics)
+        for run, color, run_metrics in zip(runs, colors, metrics, strict=True)
+    ]
     only_differences = request.GET.get("only") == "diff"
     rows = selectors.run_comparison(runs, metrics) if len(runs) >= 2 else []
     context = {
         "runs": runs,
         "rows": [r for r in rows if r["differs"]] if only_differences else rows,
         "only_differences": only_differences,
-        "chart": (
-            charts.line_chart(series, title="Loss by step", width=960, height=380)
-            if len(runs) >= 2
-            else None
-        ),
-        "columns": [(run, charts.PALETTE[i % len(charts.PALETTE)]) for i, run in enumerate(runs)],
+        "panels": charts.compare_panels(labelled) if len(runs) >= 2 else [],
+        "columns": list(zip(runs, colors, strict=True)),
     }
     return _render(request, "runs/compare.html", context, fragment="body")

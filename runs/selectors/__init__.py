@@ -17,6 +17,7 @@ from .runs import (
     Page,
     paginate,
     queue_position,
+    run_children,
     run_filter_options,
     run_for_user,
     runs_filter,
@@ -27,6 +28,7 @@ from .runs import (
 __all__ = [
     "runs_visible_to",
     "run_for_user",
+    "run_children",
     "runs_filter",
     "Page",
     "paginate",

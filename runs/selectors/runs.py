@@ -170,3 +170,8 @@ def runs_related_counts(run_ids: list) -> dict:
         ):
             counts[run_id][key] = number
     return counts
+
+
+def run_children(run: TunixRun, *, user) -> list[TunixRun]:
+    """The runs that continue `run` (oldest first) that `user` may see."""
+    return list(runs_visible_to(user).filter(parent=run).order_by("created_at", "id")[:20])

@@ -19,7 +19,16 @@ from .lifecycle import (
     runs_cancel_supervised_by,
     runs_reap,
 )
-from .runs import RunPlan, RunRequest, run_create, run_plan, run_request, run_rerun, run_resume
+from .runs import (
+    RunPlan,
+    RunRequest,
+    continued_name,
+    run_create,
+    run_plan,
+    run_request,
+    run_rerun,
+    run_resume,
+)
 from .schedules import schedules_ensure
 from .tokens import api_token_authenticate, api_token_create, api_token_revoke, token_hash
 
@@ -31,6 +40,7 @@ __all__ = [
     "run_request",
     "run_rerun",
     "run_resume",
+    "continued_name",
     "run_enqueue",
     "run_claim",
     "run_finish",

@@ -4,6 +4,7 @@ continue from a checkpoint."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -308,6 +309,24 @@ def run_rerun(*, run: TunixRun, owner, changes: dict[str, Any] | None = None) ->
     return run_create(owner=owner, command=command, request=request)
 
 
+_CONTINUED = re.compile(r"^(?P<base>.*) \(continued(?: (?P<n>\d+))?\)$", re.DOTALL)
+
+
+def continued_name(run: TunixRun) -> str:
+    """ "<parent name> (continued)"; a continuation of a continuation counts on:
+    "(continued 2)". An unnamed parent is named by its short id."""
+    name = run.name or f"Run {str(run.id)[:8]}"
+    match = _CONTINUED.match(name)
+    if match:
+        name = f"{match['base']} (continued {int(match['n'] or 1) + 1})"
+    else:
+        name = f"{name} (continued)"
+    if len(name) > 200:  # the model's max_length: shorten the parent's part, keep the suffix
+        suffix = name[name.rindex(" (continued") :]
+        name = name[: 200 - len(suffix) - 1] + "…" + suffix
+    return name
+
+
 def run_resume(*, run: TunixRun, owner, max_steps: int) -> TunixRun:
     """Continue `run` from its latest complete checkpoint: the same config with more steps,
     as a new local run linked to its parent."""
@@ -325,6 +344,7 @@ def run_resume(*, run: TunixRun, owner, max_steps: int) -> TunixRun:
     request = replace(
         request,
         mode=RunMode.LOCAL,
+        name=continued_name(run),
         hyperparameters={**request.hyperparameters, "max_steps": max_steps},
     )
     new = run_create(owner=owner, parent=run, request=request)
