@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from runs import protocol
@@ -38,6 +39,10 @@ def run_job(argv: list[str], work, usage: str) -> int:
     started = time.monotonic()
     events = Events(take_over_stdout())
     _log_to_stderr()
+    # Tunix finds the mesh through the legacy `with mesh:` context (see train.py).
+    warnings.filterwarnings(
+        "ignore", message=".*`with mesh:` context manager", category=DeprecationWarning
+    )
     events.enter(protocol.PHASE_STARTING)
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         return _fail(events, f"usage: {usage}", protocol.EXIT_BAD_INPUT)
