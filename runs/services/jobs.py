@@ -276,7 +276,7 @@ def job_after_finish(*, run_id) -> str:
     if (
         run.kind == RunKind.TRAIN
         and wanted
-        and run.command[2:3] == [settings.TUNIX_LAUNCHER_MODULE]
+        and run.command[2:3] == [protocol.LAUNCHER_MODULE]  # real Tunix runs have weights
     ):
         try:
             job = evaluation_create(run=run, owner=run.owner)
