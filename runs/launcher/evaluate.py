@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from runs import protocol
-from runs.launcher import scoring
 from runs.launcher.data import read_rows, split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.generate import Generator, Settings, clip_prompt
+from runs.launcher.scoring import headline, score
 
 MAX_PROMPT_TOKENS = 1024
 
@@ -100,8 +100,8 @@ def _score_and_write(config, events, rows, tuned, base, fmt, family) -> dict:
         for index, (row, tuned_out, base_out) in enumerate(zip(rows, tuned, base, strict=True)):
             reference = reference_text(row["completion"], family)
             scores = {
-                "tuned": scoring.score(tuned_out, reference, fmt),
-                "base": scoring.score(base_out, reference, fmt),
+                "tuned": score(tuned_out, reference, fmt),
+                "base": score(base_out, reference, fmt),
             }
             for which, values in scores.items():
                 for name, value in values.items():
@@ -125,7 +125,7 @@ def _score_and_write(config, events, rows, tuned, base, fmt, family) -> dict:
             events.emit(
                 protocol.EVENT_METRIC, name=f"generation/{which}/{name}", step=0, value=value
             )
-    return {"rows": len(rows), "format": fmt, "headline": scoring.headline(fmt), "scores": means}
+    return {"rows": len(rows), "format": fmt, "headline": headline(fmt), "scores": means}
 
 
 def main(argv: list[str]) -> int:
