@@ -64,7 +64,7 @@ def test_a_completed_run_is_evaluated_and_exported(
     card = (folder / "README.md").read_text()
     assert dataset.key in card and dataset.sha256 in card and "answer_match" in card
     taken = api.post(f"/api/tunix/runs/{run.id}/exports", {"name": "tiny-exported"})
-    assert taken.status_code == 400
+    assert taken.status_code == 422
 
     assert api.delete(f"/api/tunix/runs/{run.id}").status_code == 200
     assert not TunixRun.objects.filter(id__in=[evaluation.id, export.id]).exists()

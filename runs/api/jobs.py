@@ -17,7 +17,15 @@ from runs.models import EvaluationRow, RunKind
 
 router = Router(auth=api_auth, tags=["evaluations and exports"])
 
-_ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
+_ERRORS = {
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    413: ErrorOut,
+    422: ErrorOut,
+}
 ChangeName = Literal[tuple(EvaluationRow.Change.values)]  # type: ignore[valid-type]
 
 
