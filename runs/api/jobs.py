@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 
 from runs import selectors, services
 from runs.api.auth import api_auth
@@ -80,7 +80,7 @@ def evaluation_create(request, run_id: str, payload: EvaluationIn | None = None)
     job = services.evaluation_create(
         run=_source(request, run_id), owner=request.auth, dataset=dataset, generation=settings
     )
-    return 201, job
+    return Status(201, job)
 
 
 @router.get(
@@ -119,7 +119,7 @@ def export_create(request, run_id: str, payload: ExportIn | None = None):
     job = services.export_create(
         run=_source(request, run_id), owner=request.auth, name=payload.name
     )
-    return 201, job
+    return Status(201, job)
 
 
 @router.get(
