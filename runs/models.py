@@ -56,6 +56,15 @@ class RunMode(models.TextChoices):
     LOCAL = "local", "Local"
 
 
+class RunKind(models.TextChoices):
+    """What a run does. Evaluations and exports of a trained run are runs too: the same queue,
+    supervisor, logs, cancel and reaper carry them (runs/services/jobs.py)."""
+
+    TRAIN = "train", "Training"
+    EVALUATE = "evaluate", "Evaluation"
+    EXPORT = "export", "Export"
+
+
 class TunixRun(models.Model):
     """The record of one run: what was asked, what was executed, and how it ended."""
 
@@ -121,6 +130,13 @@ class TunixRun(models.Model):
     resume_from_step = models.PositiveIntegerField(null=True, blank=True)
     pinned = models.BooleanField(default=False)
 
+    kind = models.CharField(max_length=16, choices=RunKind.choices, default=RunKind.TRAIN)
+    # The trained run an evaluation or export works on; deleting it deletes its jobs
+    # (runs/services/deletion.py removes their folders first).
+    source = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
@@ -141,6 +157,9 @@ class TunixRun(models.Model):
             ),
             # Retention: finished runs by age.
             models.Index(fields=["finished_at"], name="run_finished"),
+            # A run's evaluations and exports: WHERE source_id = ? AND kind = ? ORDER BY
+            # created_at DESC.
+            models.Index(fields=["source", "kind", "-created_at"], name="run_source_kind"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -148,6 +167,9 @@ class TunixRun(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(mode__in=[m.value for m in RunMode]), name="run_mode_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=[k.value for k in RunKind]), name="run_kind_valid"
             ),
             # Two runs never write into one folder.
             models.UniqueConstraint(fields=["output_dir"], name="run_output_dir_unique"),
@@ -193,6 +215,46 @@ class TunixRun(models.Model):
             return None
         elapsed = (self.progress_updated_at - self.started_at).total_seconds()
         return max(0.0, elapsed / done * (self.progress_total - self.progress_step))
+
+
+class EvaluationRow(models.Model):
+    """One evaluated row of an evaluation run: the prompt, the reference, both models' outputs
+    and their scores (metric name -> value in [0, 1]; `*_score` is the headline metric)."""
+
+    class Change(models.TextChoices):
+        BETTER = "better", "Got better"
+        WORSE = "worse", "Got worse"
+        STILL_WRONG = "still_wrong", "Still wrong"
+        STILL_RIGHT = "still_right", "Still right"
+
+    id = models.BigAutoField(primary_key=True)
+    evaluation = models.ForeignKey(
+        TunixRun, on_delete=models.CASCADE, related_name="evaluation_rows"
+    )
+    index = models.PositiveIntegerField()
+    prompt = models.TextField()
+    reference = models.TextField()
+    base_output = models.TextField()
+    tuned_output = models.TextField()
+    base_scores = models.JSONField(default=dict)
+    tuned_scores = models.JSONField(default=dict)
+    base_score = models.FloatField()
+    tuned_score = models.FloatField()
+    change = models.CharField(max_length=16, choices=Change.choices)
+
+    class Meta:
+        ordering = ["evaluation", "index"]
+        constraints = [
+            # Also the index for "rows of evaluation E", the table query.
+            models.UniqueConstraint(fields=["evaluation", "index"], name="evalrow_eval_index")
+        ]
+        indexes = [
+            # The table's filter: WHERE evaluation_id = ? AND change = ? ORDER BY index.
+            models.Index(fields=["evaluation", "change", "index"], name="evalrow_eval_change"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.evaluation_id} #{self.index} ({self.change})"
 
 
 class LogChunk(models.Model):

@@ -4,7 +4,8 @@ from runs import services
 
 
 def execute_run(run_id: str) -> str:
-    return services.run_execute(run_id=run_id)
+    outcome = services.run_execute(run_id=run_id)
+    return f"{outcome}; {services.job_after_finish(run_id=run_id)}"
 
 
 def reap_runs() -> str:

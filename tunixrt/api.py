@@ -4,6 +4,7 @@ from django.core.exceptions import RequestDataTooBig
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 
+from runs.api.jobs import router as jobs_router
 from runs.api.runs import router as runs_router
 from runs.datasets.api import router as datasets_router
 from runs.errors import ServiceError
@@ -19,6 +20,7 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", runs_router)
+api.add_router("/", jobs_router)
 api.add_router("/datasets", datasets_router)
 
 

@@ -204,6 +204,9 @@ TUNIX_LAUNCHER_MODULE = envstr("TUNIXRT_LAUNCHER_MODULE", "runs.launcher")
 
 # Run time limits. The default applies when a run names none; no run may ask for more than
 # the maximum, and the queue's timeout/retry below are derived from the maximum.
+# Evaluate every completed Tunix training run by generation (a per-run "evaluate_after" in
+# its config overrides this).
+EVALUATE_AFTER_RUN = envbool("TUNIXRT_EVALUATE_AFTER_RUN", "1")
 RUN_TIMEOUT_DEFAULT = envint("TUNIXRT_RUN_TIMEOUT", str(6 * 3600))
 RUN_TIMEOUT_MAX = envint("TUNIXRT_RUN_TIMEOUT_MAX", str(3 * 24 * 3600))
 CANCEL_GRACE_SECONDS = envint("TUNIXRT_CANCEL_GRACE_SECONDS", "10")

@@ -156,6 +156,8 @@ class RunOut(HyperparametersOut):
     duration_seconds: float | None
     parent_id: UUID | None
     pinned: bool
+    kind: str = Field(..., description="train, evaluate or export")
+    source_id: UUID | None = Field(None, description="The trained run of an evaluation/export.")
 
 
 def _stream_tails(run) -> dict[str, tuple[str, bool]]:

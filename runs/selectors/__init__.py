@@ -2,6 +2,13 @@
 `runs.datasets.selectors`; files in `runs.storage`."""
 
 from .compare import run_comparison, runs_for_compare
+from .evaluations import (
+    evaluation_change_counts,
+    evaluation_rows,
+    evaluation_scores,
+    latest_evaluation,
+    run_jobs,
+)
 from .logs import (
     STREAM_TAIL_BYTES,
     run_log_chunks,
@@ -46,4 +53,9 @@ __all__ = [
     "STREAM_TAIL_BYTES",
     "runs_for_compare",
     "run_comparison",
+    "run_jobs",
+    "evaluation_scores",
+    "evaluation_rows",
+    "evaluation_change_counts",
+    "latest_evaluation",
 ]

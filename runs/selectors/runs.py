@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Q, QuerySet
 
 from ..errors import Conflict, Forbidden, NotFound
-from ..models import LogChunk, Metric, RunStatus, TunixRun
+from ..models import LogChunk, Metric, RunKind, RunStatus, TunixRun
 
 
 def runs_visible_to(user) -> QuerySet[TunixRun]:
@@ -76,7 +76,11 @@ def runs_filter(
     dataset_key: str | None = None,
     model_id: str | None = None,
     q: str | None = None,
+    kind: str | None = RunKind.TRAIN,
 ) -> QuerySet[TunixRun]:
+    # Evaluations and exports are runs too, listed on their run's page, not in the run list.
+    if kind:
+        queryset = queryset.filter(kind=kind)
     if status:
         queryset = queryset.filter(status=status)
     if mode:

@@ -4,9 +4,11 @@ queue tasks call these; none of them holds logic of its own. Datasets have their
 
 Modules: `runs` (creation: plan, create, rerun, resume), `lifecycle` (enqueue, claim,
 prepare, supervise, finish, cancel, reap), `deletion` (delete, prune, pin), `retention` (the
-batched pruning behind `runs_prune`), `tokens`, `schedules`."""
+batched pruning behind `runs_prune`), `tokens`, `schedules`, `jobs` (evaluations and exports of a
+trained run)."""
 
 from .deletion import run_delete, run_set_pinned, runs_prune, runs_prune_expired
+from .jobs import evaluation_create, evaluation_store_rows, export_create, job_after_finish
 from .lifecycle import (
     reaper_loop,
     run_cancel,
@@ -60,4 +62,8 @@ __all__ = [
     "api_token_authenticate",
     "api_token_revoke",
     "schedules_ensure",
+    "evaluation_create",
+    "evaluation_store_rows",
+    "export_create",
+    "job_after_finish",
 ]

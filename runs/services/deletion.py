@@ -23,9 +23,15 @@ def run_delete(*, run: TunixRun) -> int:
             raise NotFound("No such run.")
         if locked.is_active:
             raise Conflict(f"The run is {locked.status}; cancel it before deleting it.")
+        jobs = list(TunixRun.objects.select_for_update().filter(source=locked))
+        if any(job.is_active for job in jobs):
+            raise Conflict("An evaluation or export of this run is active; cancel it first.")
         # Recorded in the same transaction: if we die before the folder is gone, the next
-        # retention pass removes it (runs/retention.py).
+        # retention pass removes it (runs/retention.py). Its evaluations and exports (the
+        # rows cascade) go with it; an exported model in the models folder stays.
         deletions = retention.record_folder_deletion(locked)
+        for job in jobs:
+            deletions += retention.record_folder_deletion(job)
         locked.delete()
     return retention.remove_folders(deletions)[1]
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from .. import protocol, storage, training
 from ..datasets.services import dataset_render_to
 from ..errors import Conflict
-from ..models import ACTIVE_STATUSES, FINAL_STATUSES, RunMode, RunStatus, TunixRun
+from ..models import ACTIVE_STATUSES, FINAL_STATUSES, RunKind, RunMode, RunStatus, TunixRun
 from ..processes import kill_group, this_host
 from ..storage import UnsafePath
 from ..supervisor import GONE, Supervisor
@@ -77,10 +77,11 @@ def run_prepare(*, run: TunixRun) -> tuple[Path, dict[str, str]]:
     env = {"TUNIXRT_RUN_ID": str(run.id)}
     if not training.is_launcher_command(run.command):
         return output_path, env
-    if run.dataset is None:
-        raise ValueError(f"dataset {run.dataset_key} no longer exists")
-    rendered = output_path / protocol.TRAIN_DATA_FILENAME
-    dataset_render_to(run.dataset, run.model_family, rendered)
+    if run.kind != RunKind.EXPORT:  # an export reads the trained weights only
+        if run.dataset is None:
+            raise ValueError(f"dataset {run.dataset_key} no longer exists")
+        rendered = output_path / protocol.TRAIN_DATA_FILENAME
+        dataset_render_to(run.dataset, run.model_family, rendered)
     config_path = output_path / protocol.CONFIG_FILENAME
     config_path.write_text(json.dumps(run.config, indent=2))
     return output_path, {**env, **training.launcher_environment()}
