@@ -89,7 +89,6 @@ def run_create(request, payload: RunIn):
             model_id=payload.model_id,
             mode=RunMode.DRY_RUN if payload.dry_run else RunMode.LOCAL,
             hyperparameters={name: data[name] for name in hyperparameters.HYPERPARAMETERS},
-            output_dir=payload.output_dir,
             timeout_seconds=payload.timeout_seconds,
             name=payload.name,
         ),
@@ -303,11 +302,10 @@ def run_outputs(request, run_id: str):
 )
 def run_output_download(request, run_id: str, file_path: str):
     run = selectors.run_for_user(user=request.auth, run_id=run_id)
-    path = storage.run_output_file(run, file_path)
     # An attachment of an opaque type: a file written by training is never rendered inline.
     return FileResponse(
-        open(path, "rb"),  # noqa: SIM115 - FileResponse closes it
+        storage.run_output_file(run, file_path),  # FileResponse closes it
         as_attachment=True,
-        filename=path.name,
+        filename=file_path.rstrip("/").rsplit("/", 1)[-1],
         content_type="application/octet-stream",
     )

@@ -397,10 +397,16 @@ def run_file(request, run_id, relative):
     """One file of the run's outputs; confined to the run's folder by the selector."""
     run = _run(request, run_id)
     try:
-        path = storage.run_output_file(run, relative)
+        handle = storage.run_output_file(run, relative)
     except NotFound as exc:
         raise Http404(exc.message) from exc
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+    # As the API: an opaque type, so a file written by training is never rendered inline.
+    return FileResponse(
+        handle,
+        as_attachment=True,
+        filename=relative.rstrip("/").rsplit("/", 1)[-1],
+        content_type="application/octet-stream",
+    )
 
 
 # --- comparing runs ---------------------------------------------------------------------

@@ -98,16 +98,20 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
         model = training.parse_model_ref(request.model_id)
     except training.ModelRefError as exc:
         fields["model_id"] = str(exc)
-    output_dir, output_path = request.output_dir or f"runs/{run_id}", None
-    try:
-        if len(output_dir) > 200:
-            raise UnsafePath("must be at most 200 characters")
-        output_path = safe_relative(Path(settings.ARTIFACTS_DIR), output_dir)
-        output_dir = str(output_path.relative_to(Path(settings.ARTIFACTS_DIR).resolve()))
-        if TunixRun.objects.filter(output_dir=output_dir).exists() or output_path.exists():
-            fields["output_dir"] = "This output folder is already in use."
-    except UnsafePath as exc:
-        fields["output_dir"] = f"Output folder {exc}."
+    # Every run's folder is runs/<id>: no run's folder can contain or sit inside another's,
+    # which a free choice of folder could not promise (see README, "Security").
+    output_dir, output_path = f"runs/{run_id}", None
+    if request.output_dir is not None:
+        fields["output_dir"] = (
+            "The output folder cannot be chosen: every run writes to runs/<its id>."
+        )
+    else:
+        try:
+            output_path = safe_relative(Path(settings.ARTIFACTS_DIR), output_dir)
+            if output_path.exists():
+                fields["output_dir"] = "This output folder is already in use."
+        except UnsafePath as exc:  # the artifacts root itself is a symlink loop or similar
+            fields["output_dir"] = f"Output folder {exc}."
     if len(request.name) > 200:
         fields["name"] = "At most 200 characters."
     if fields:
@@ -216,12 +220,20 @@ def run_create(
     with transaction.atomic():
         _queue_lock()
         _check_queue_limits(owner)
+        if parent is not None and not _lock_parent(parent):
+            raise Conflict("The run to continue from was deleted meanwhile.")
         run.status = RunStatus.PENDING
         run.phase = protocol.PHASE_QUEUED
         run.enqueued_at = timezone.now()
         _run_insert(run)
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
+
+
+def _lock_parent(parent: TunixRun) -> bool:
+    """Lock the run a child continues from until the child is recorded: a delete or a
+    retention pass (which lock it too) then sees the active child and keeps the parent."""
+    return TunixRun.objects.select_for_update().filter(id=parent.id).exists()
 
 
 def _finish_dry_run(plan: RunPlan) -> None:
