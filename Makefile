@@ -57,7 +57,7 @@ test: install-dev
 	trap '.ci/throwaway-postgres stop '$$pgdir EXIT; \
 	if url=$$(.ci/throwaway-postgres start $$pgdir); then \
 	  echo "== tests on PostgreSQL ($$url)"; \
-	  DATABASE_URL=$$url $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  DATABASE_URL=$$url TUNIXRT_TEST_PG_DIR=$$pgdir $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	else echo "== no PostgreSQL server binaries: skipping the PostgreSQL pass"; fi; \
 	echo "== tests on SQLite"; \
 	TUNIXRT_DATA_DIR=$$pgdir/sqlite $(PY) -m pytest $(PYTEST_ARGS) -m "$(SQLITE_MARKERS)" || status=$$?; \
