@@ -147,3 +147,54 @@ def test_a_run_with_an_active_continuation_is_not_deleted(user, run_factory, api
     assert services.runs_prune(older_than_days=30).runs == 0
     services.run_cancel(run=child)
     assert api.delete(f"/api/tunix/runs/{parent.id}").status_code == 200
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bobs_dataset(other_user):
+    from .conftest import import_dataset
+
+    return import_dataset(name="bobdata", owner=other_user)
+
+
+def test_another_users_private_dataset_is_invisible_and_unusable(
+    api, bob_api, bobs_dataset, tiny_model_dir
+):
+    keys = [d["key"] for d in api.get("/api/datasets").json()["items"]]
+    assert "bobdata-v1" not in keys
+    for path in ("", "/preview", "/export"):
+        assert api.get(f"/api/datasets/bobdata-v1{path}").status_code == 404
+    assert api.delete("/api/datasets/bobdata-v1").status_code == 404
+    response = api.post("/api/tunix/run", {**BODY, "dataset_key": "bobdata-v1"})
+    assert response.json()["status"] == "failed" and "Unknown dataset" in response.json()["message"]
+    # Bob shares it: now alice sees it and trains on it, but cannot unshare or delete it.
+    assert bob_api.get("/api/datasets/bobdata-v1").json()["shared"] is False
+    response = bob_api._call("patch", "/api/datasets/bobdata-v1", {"shared": True})
+    assert response.status_code == 200 and response.json()["shared"] is True
+    assert "bobdata-v1" in [d["key"] for d in api.get("/api/datasets").json()["items"]]
+    response = api.post("/api/tunix/run", {**BODY, "dataset_key": "bobdata-v1"})
+    assert response.json()["status"] == "completed"
+    assert api._call("patch", "/api/datasets/bobdata-v1", {"shared": False}).status_code == 403
+    assert api.delete("/api/datasets/bobdata-v1").status_code == 403
+    assert bob_api._call("patch", "/api/datasets/bobdata-v1", {"shared": 1}).status_code == 422
+
+
+def test_staff_see_every_dataset(client, staff_user, bobs_dataset):
+    client.force_login(staff_user)
+    assert b"bobdata-v1" in client.get("/datasets/").content
+
+
+def test_the_pages_hide_another_users_private_dataset(client, user, bobs_dataset, dataset):
+    client.force_login(user)
+    assert b"bobdata-v1" not in client.get("/datasets/").content
+    assert client.get("/datasets/bobdata-v1/").status_code == 404
+    assert b"bobdata-v1" not in client.get("/runs/new/").content
+
+
+def test_a_finished_dry_run_does_not_block_a_dataset_delete(bob_api, bobs_dataset, tiny_model_dir):
+    run = bob_api.post("/api/tunix/run", {**BODY, "dataset_key": "bobdata-v1"}).json()
+    assert run["status"] == "completed"
+    assert bob_api.delete("/api/datasets/bobdata-v1").status_code == 204
+    assert TunixRun.objects.get(id=run["id"]).dataset_key == "bobdata-v1"

@@ -174,6 +174,7 @@ class DatasetOut(Schema):
     sha256: str
     description: str
     owner: str | None
+    shared: bool = Field(..., description="Visible to every user, not only its owner and staff.")
     created_at: datetime
     run_count: int = Field(0, description="Runs that refer to this dataset.")
 

@@ -185,13 +185,13 @@ def run_new(request):
         models = training.local_models()
         if not initial.get("model_id") and models:
             initial["model_id"] = models[0]
-        form = RunForm(initial=initial)
+        form = RunForm(initial=initial, user=request.user)
         # The preview of an unsubmitted form shows what its initial values would run.
-        bound = RunForm(form.initial_data())
+        bound = RunForm(form.initial_data(), user=request.user)
         context = _form_context(request, form, plan=_preview(request, bound), source_run=source_run)
         return _render(request, "runs/run_form.html", context, fragment="form")
 
-    form = RunForm(request.POST)
+    form = RunForm(request.POST, user=request.user)
     status = 200
     if form.is_valid():
         try:
@@ -220,7 +220,7 @@ def run_new(request):
 @require_POST
 def run_validate(request):
     """The error list of the one field that triggered the request (htmx, as the user types)."""
-    form = RunForm(request.POST)
+    form = RunForm(request.POST, user=request.user)
     name = (request.htmx.trigger_name if request.htmx else None) or request.POST.get("_field")
     if name not in form.fields or name == "mode":
         return HttpResponse("Unknown field.", status=400, content_type="text/plain")
@@ -232,7 +232,7 @@ def run_validate(request):
 @require_POST
 def run_preview(request):
     """The exact config and command the form's values would produce (nothing stored)."""
-    form = RunForm(request.POST)
+    form = RunForm(request.POST, user=request.user)
     plan = _preview(request, form)
     return render(request, "runs/run_form.html#preview", {"form": form, "plan": plan})
 

@@ -14,7 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .. import protocol, storage, training
-from ..datasets.selectors import dataset_truncation, truncation_sentence
+from ..datasets.selectors import dataset_truncation, datasets_visible, truncation_sentence
 from ..datasets.services import dataset_check
 from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
@@ -119,11 +119,12 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
     return _Checked(hp, timeout, model, output_dir, output_path)
 
 
-def _check_dataset(request: RunRequest, *, read_file: bool):
+def _check_dataset(request: RunRequest, *, owner, read_file: bool):
     """(dataset or None, problem or None, validation report or None). A dry-run records the
-    problem; a local run refuses to queue (InvalidInput)."""
+    problem; a local run refuses to queue (InvalidInput). Another user's private dataset
+    is unknown here, as everywhere."""
     key = request.dataset_key
-    dataset = Dataset.objects.filter(key=key).first() if key else None
+    dataset = datasets_visible(owner).filter(key=key).first() if key else None
     report = None
     if dataset is None:
         problem = f"Unknown dataset '{str(key)[:160]}'."
@@ -154,7 +155,7 @@ def run_plan(
     """
     run_id = uuid.uuid4()
     checked = _check_request(request, run_id)
-    dataset, problem, report = _check_dataset(request, read_file=check_dataset)
+    dataset, problem, report = _check_dataset(request, owner=owner, read_file=check_dataset)
     status = training.probe() if command is None else None
     if request.mode == RunMode.LOCAL and status is not None and not status.available:
         raise TunixUnavailable(status.message)
