@@ -198,3 +198,28 @@ def test_a_finished_dry_run_does_not_block_a_dataset_delete(bob_api, bobs_datase
     assert run["status"] == "completed"
     assert bob_api.delete("/api/datasets/bobdata-v1").status_code == 204
     assert TunixRun.objects.get(id=run["id"]).dataset_key == "bobdata-v1"
+
+
+# --- smaller holes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["status", "q", "dataset", "model", "mode"])
+def test_a_nul_in_a_run_list_filter_is_not_a_server_error(client, user, field):
+    client.force_login(user)
+    assert client.get("/", {field: "x\x00y"}).status_code == 200
+
+
+def test_only_staff_may_refresh_the_tunix_probe(api, staff_user):
+    assert api.get("/api/tunix/status?refresh=true").status_code == 403
+    assert api.get("/api/tunix/status").status_code == 200
+    staff = ApiClient(services.api_token_create(user=staff_user)[1])
+    assert staff.get("/api/tunix/status?refresh=true").status_code == 200
+
+
+def test_a_file_download_from_the_pages_is_opaque(client, user, run_factory):
+    run = finished(run_factory, user)
+    (storage.run_output_path(run) / "page.html").write_text("<script>alert(1)</script>")
+    client.force_login(user)
+    response = client.get(f"/runs/{run.id}/files/page.html")
+    assert response["Content-Type"] == "application/octet-stream"
+    assert "attachment" in response["Content-Disposition"]

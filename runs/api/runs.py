@@ -28,6 +28,7 @@ from runs.api.schemas import (
     RunStatusName,
     TunixStatusOut,
 )
+from runs.errors import Forbidden
 from runs.models import RunMode
 
 router = Router(auth=api_auth)
@@ -43,10 +44,14 @@ def health(request):
 
 @router.get(
     "/tunix/status",
-    response={200: TunixStatusOut, 401: ErrorOut, 422: ErrorOut},
+    response={200: TunixStatusOut, 401: ErrorOut, 403: ErrorOut, 422: ErrorOut},
     summary="Is Tunix available to the training interpreter?",
+    description="`refresh=true` (staff only) probes again instead of answering the cached "
+    "result: it starts the training interpreter.",
 )
 def tunix_status(request, refresh: bool = False):
+    if refresh and not request.auth.is_staff:
+        raise Forbidden("Only staff may refresh the probe: it starts the training interpreter.")
     status = training.probe(refresh=refresh)
     return {
         "available": status.available,

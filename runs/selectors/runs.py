@@ -40,6 +40,11 @@ def runs_filter(
     model_id: str | None = None,
     q: str | None = None,
 ) -> QuerySet[TunixRun]:
+    # PostgreSQL refuses NUL in a query (a 500): no stored value holds one, so drop it.
+    status, mode, dataset_key, model_id, q = (
+        value.replace("\x00", "") if isinstance(value, str) else value
+        for value in (status, mode, dataset_key, model_id, q)
+    )
     if status:
         queryset = queryset.filter(status=status)
     if mode:
