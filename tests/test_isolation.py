@@ -223,3 +223,8 @@ def test_a_file_download_from_the_pages_is_opaque(client, user, run_factory):
     response = client.get(f"/runs/{run.id}/files/page.html")
     assert response["Content-Type"] == "application/octet-stream"
     assert "attachment" in response["Content-Disposition"]
+
+
+def test_password_reset_pages_are_off_without_a_mail_server(client):
+    assert client.get("/accounts/password_reset/").status_code == 404
+    assert client.get("/accounts/login/").status_code == 200

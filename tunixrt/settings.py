@@ -163,6 +163,16 @@ STORAGES = {
 # Serve straight from the source folders too, so pages have their CSS before collectstatic.
 WHITENOISE_USE_FINDERS = True
 
+# Mail (password reset). Unset: no mail is sent and the password-reset pages are off.
+EMAIL_HOST = envstr("TUNIXRT_EMAIL_HOST")
+EMAIL_CONFIGURED = bool(EMAIL_HOST)
+if EMAIL_CONFIGURED:
+    EMAIL_PORT = envint("TUNIXRT_EMAIL_PORT", "587")
+    EMAIL_HOST_USER = envstr("TUNIXRT_EMAIL_USER")
+    EMAIL_HOST_PASSWORD = envstr("TUNIXRT_EMAIL_PASSWORD")
+    EMAIL_USE_TLS = envbool("TUNIXRT_EMAIL_TLS", "1")
+    DEFAULT_FROM_EMAIL = envstr("TUNIXRT_EMAIL_FROM", "tunix-rt@localhost")
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "runs:list"
 LOGOUT_REDIRECT_URL = "login"
