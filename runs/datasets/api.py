@@ -162,7 +162,15 @@ class DatasetChangeIn(Schema):
 
 @router.patch(
     "/{key}",
-    response={200: DatasetOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+    response={
+        200: DatasetOut,
+        400: ErrorOut,
+        401: ErrorOut,
+        403: ErrorOut,
+        404: ErrorOut,
+        413: ErrorOut,
+        422: ErrorOut,
+    },
     summary="Share a dataset with everyone, or make it private again (owner or staff)",
 )
 def dataset_change(request, key: str, payload: DatasetChangeIn):

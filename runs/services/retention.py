@@ -27,30 +27,15 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import (
-    CASCADE,
-    DO_NOTHING,
-    SET_NULL,
-    Exists,
-    OuterRef,
-    Q,
-    QuerySet,
-    signals,
-)
+from django.db.models import CASCADE, DO_NOTHING, SET_NULL, Exists, OuterRef, Q, QuerySet, signals
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
+from .. import storage
 from ..errors import InvalidInput
 from ..formatting import human_bytes
 from ..models import ACTIVE_STATUSES, FINAL_STATUSES, FolderDeletion, LogChunk, Metric, TunixRun
-from ..storage import (
-    artifacts_paths,
-    chosen_folders,
-    folder_size,
-    is_safe_segment,
-    remove_tree,
-    run_folders_inside,
-)
+from ..storage import folder_size, is_safe_segment, remove_tree
 
 DEFAULT_BATCH_SIZE = 500
 # Threads removing folders side by side, and how many committed batches may wait for them.
@@ -320,7 +305,7 @@ class FolderRemover:
         self.pending: deque[tuple[FolderDeletion, list[Future]]] = deque()
         # Runs that chose their folder (before every run wrote to runs/<id>) can sit inside
         # a folder removed here: read once, so a batch costs no query per folder.
-        self.chosen = chosen_folders()
+        self.chosen = storage.chosen_folders()
 
     def __enter__(self):
         return self
@@ -347,7 +332,7 @@ class FolderRemover:
                     path,
                     path in in_use,
                     parents,
-                    artifacts_paths(run_folders_inside(path, chosen=self.chosen)),
+                    storage.artifacts_paths(storage.run_folders_inside(path, chosen=self.chosen)),
                 )
                 for path in deletion.paths
             ]
@@ -464,10 +449,10 @@ def _remove_orphan_batch(candidates: list[str], summary: PruneSummary) -> None:
         TunixRun.objects.filter(output_dir__in=candidates).values_list("output_dir", flat=True)
     )
     known |= {f"runs/{i}" for i in TunixRun.objects.filter(id__in=ids).values_list("id", flat=True)}
-    chosen = chosen_folders()
+    chosen = storage.chosen_folders()
     for relative in candidates:
         # Never a folder that holds a live run's folder (one that chose runs/<uuid>/x).
-        if relative in known or run_folders_inside(relative, chosen=chosen):
+        if relative in known or storage.run_folders_inside(relative, chosen=chosen):
             continue
         path = _folder(relative)
         if path is None:
