@@ -66,7 +66,7 @@ test: install-dev
 	trap '.ci/throwaway-postgres stop '$$pgdir EXIT; \
 	if url=$$(.ci/throwaway-postgres start $$pgdir); then \
 	  echo "== tests on PostgreSQL ($$url)"; \
-	  DATABASE_URL=$$url $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  DATABASE_URL=$$url TUNIXRT_TEST_PG_DIR=$$pgdir $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	  markers="$(SQLITE_MARKERS)"; \
 	else echo "== no PostgreSQL server binaries: the whole suite on SQLite"; fi; \
 	echo "== tests on SQLite"; \

@@ -199,8 +199,6 @@ def cmd_submit(client: Client, args) -> int:
     }
     if args.name is not None:
         body["name"] = args.name
-    if args.output_dir is not None:
-        body["output_dir"] = args.output_dir
     if args.timeout is not None:
         body["timeout_seconds"] = args.timeout
     run = client.run_create(body)
@@ -318,7 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model", help="model reference, e.g. local:NAME or ORG/NAME")
     sub.add_argument("--local", action="store_true", help="queue real training")
     sub.add_argument("--name")
-    sub.add_argument("--output-dir", help="relative to the artifacts root")
     sub.add_argument("--timeout", type=int, help="seconds before the run is stopped")
     sub.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=settings_help)
     following(sub)

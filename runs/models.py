@@ -26,6 +26,9 @@ class Dataset(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # Private to its owner (and staff) unless the owner shares it. A dataset without an
+    # owner was imported by the operator (manage.py import_dataset) and is everyone's.
+    shared = models.BooleanField(default=False, help_text="Visible to every user.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

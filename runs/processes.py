@@ -103,5 +103,16 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+def process_alive(pid, create_time) -> bool:
+    """Whether process `pid`, created at `create_time` (so not a recycled pid), lives."""
+    if not isinstance(pid, int) or not isinstance(create_time, int | float):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 1 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def this_host() -> str:
     return socket.gethostname()[:255]

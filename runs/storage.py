@@ -7,6 +7,7 @@ the protocol."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -67,14 +68,68 @@ def run_output_path(run: TunixRun) -> Path:
     return safe_relative(Path(settings.ARTIFACTS_DIR), run.output_dir)
 
 
-def remove_tree(path: Path) -> int:
-    """Delete a run's folder; returns the bytes freed. Never follows a symlink out."""
+def remove_tree(path: Path, *, keep: set[Path] | frozenset = frozenset()) -> int:
+    """Delete a run's folder; returns the bytes freed. Never follows a symlink out, and
+    never removes the folders in `keep` (other runs' folders inside this one)."""
     if not path.exists():
         return 0
+    if any(kept.is_relative_to(path) for kept in keep):
+        return _remove_around(path, keep)
     # os.walk + lstat, not Path.rglob: a retention pass calls this 100,000s of times.
     freed = folder_size(path)
     shutil.rmtree(path, ignore_errors=True)
     return freed
+
+
+def _remove_around(path: Path, keep: set[Path] | frozenset) -> int:
+    """Remove everything under `path` except the kept folders (and the folders above them)."""
+    if path in keep:
+        return 0
+    freed = 0
+    with os.scandir(path) as entries:
+        for entry in list(entries):
+            child = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                freed += remove_tree(child, keep=keep)
+            else:
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    os.unlink(child)
+                    freed += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    if not any(kept.is_relative_to(path) for kept in keep):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    return freed
+
+
+# The folder of every run recorded since runs could no longer choose one: runs/<uuid>.
+STANDARD_FOLDER = r"^runs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def chosen_folders() -> list[str]:
+    """Folders of runs recorded before that rule, which chose their own (and so may contain,
+    or sit inside, another run's folder). A full scan, once per retention pass."""
+    return list(
+        TunixRun.objects.exclude(output_dir__regex=STANDARD_FOLDER).values_list(
+            "output_dir", flat=True
+        )
+    )
+
+
+def run_folders_inside(relative: str, *, chosen: list[str] | None = None) -> set[str]:
+    """Recorded runs' folders strictly inside `relative` (relative to the artifacts root).
+    A standard runs/<uuid> folder can hold only chosen ones; given `chosen`, no query."""
+    prefix = relative.strip("/") + "/"
+    if chosen is not None and re.match(STANDARD_FOLDER, relative):
+        return {folder for folder in chosen if folder.startswith(prefix)}
+    return set(
+        TunixRun.objects.filter(output_dir__startswith=prefix).values_list("output_dir", flat=True)
+    )
+
+
+def artifacts_paths(relatives) -> set[Path]:
+    root = Path(settings.ARTIFACTS_DIR).resolve()
+    return {root.joinpath(*r.strip("/").split("/")) for r in relatives}
 
 
 def dataset_path(dataset: Dataset) -> Path:
@@ -108,6 +163,41 @@ def run_latest_checkpoint(run: TunixRun) -> int | None:
     return max(steps) if steps else None
 
 
+def foreign_folders(run: TunixRun) -> set[Path]:
+    """Other runs' folders inside this run's folder. New runs always write to runs/<id>, so
+    only runs recorded before that rule (which chose their folder) can have any; every file
+    operation on this run leaves them alone."""
+    return artifacts_paths(run_folders_inside(run.output_dir) - {run.output_dir})
+
+
+def servable(info: os.stat_result) -> bool:
+    """A regular file with one link. A hard link (st_nlink > 1) could be another file of
+    this host that the training child linked into its folder: never served, listed or
+    archived. Symlinks are refused by the callers (lstat / O_NOFOLLOW)."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def _output_files(root: Path, skip: set[Path]):
+    """(path, lstat) of the servable files under `root` in path order, without following
+    symlinks and without descending into `skip` (other runs' folders)."""
+    try:
+        with os.scandir(root) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if path not in skip:
+                yield from _output_files(path, skip)
+        elif servable(info):
+            yield path, info
+
+
 def run_output_files(run: TunixRun, *, limit: int = 2000) -> list[dict]:
     """Files under the run's folder (relative paths, sizes); symlinks are not followed."""
 
@@ -118,26 +208,35 @@ def run_output_files(run: TunixRun, *, limit: int = 2000) -> list[dict]:
     if not root.is_dir():
         return []
     files = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            files.append({"path": str(path.relative_to(root)), "size": path.stat().st_size})
-            if len(files) >= limit:
-                break
+    for path, info in _output_files(root, foreign_folders(run)):
+        files.append({"path": str(path.relative_to(root)), "size": info.st_size})
+        if len(files) >= limit:
+            break
     return files
 
 
 def run_output_file(run: TunixRun, relative: str):
-    """An existing regular file inside the run's folder, or NotFound. Confined to the folder:
-    `..`, absolute paths and symlinks that leave it are refused."""
+    """An open (binary) regular file inside the run's folder, or NotFound. Confined to the
+    folder: `..`, absolute paths, symlinks, hard links and other runs' folders are refused.
+    The checks are made on the opened file, so it cannot be swapped after them."""
 
+    missing = NotFound("No such file in this run's outputs.")
     try:
         root = run_output_path(run)
         path = safe_relative(root, relative, segment_re=READ_SEGMENT_RE)
     except UnsafePath as exc:
-        raise NotFound("No such file in this run's outputs.") from exc
-    if not path.is_file():
-        raise NotFound("No such file in this run's outputs.")
-    return path
+        raise missing from exc
+    unresolved = root.joinpath(*relative.strip("/").split("/"))
+    if path != unresolved or any(path.is_relative_to(other) for other in foreign_folders(run)):
+        raise missing  # reached through a symlink, or another run's file
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise missing from exc
+    if not servable(os.fstat(fd)):
+        os.close(fd)
+        raise missing
+    return os.fdopen(fd, "rb")
 
 
 class _Spool:
@@ -155,19 +254,51 @@ class _Spool:
         return data
 
 
+ARCHIVE_BLOCK = 1024 * 1024
+
+
 def run_output_archive(run: TunixRun):
-    """The run's whole folder as a streamed .tar.gz (memory stays at one file's buffer).
-    Regular files only; symlinks are skipped so nothing outside the folder is read."""
+    """The run's whole folder as a streamed .tar.gz. Each file is read and compressed in
+    blocks of ARCHIVE_BLOCK, and what is compressed is handed out block by block, so
+    memory stays flat whatever the sizes. Servable files only (no symlinks, hard links or
+    other runs' folders); a file that grows while it is read is cut at its listed size."""
 
     root = run_output_path(run)
     spool = _Spool()
     with tarfile.open(fileobj=spool, mode="w|gz") as archive:
         if root.is_dir():
-            for path in sorted(root.rglob("*")):
-                if path.is_symlink() or not path.is_file():
+            for path, info in _output_files(root, foreign_folders(run)):
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
                     continue
-                archive.add(path, arcname=f"{root.name}/{path.relative_to(root)}", recursive=False)
-                yield spool.take()
+                with os.fdopen(fd, "rb") as handle:
+                    if not servable(os.fstat(handle.fileno())):
+                        continue
+                    member = tarfile.TarInfo(f"{root.name}/{path.relative_to(root)}")
+                    member.size, member.mtime, member.mode = info.st_size, info.st_mtime, 0o644
+                    yield from _add_in_blocks(archive, member, handle, spool)
+    yield spool.take()
+
+
+def _add_in_blocks(archive: tarfile.TarFile, member: tarfile.TarInfo, handle, spool: _Spool):
+    """tarfile.addfile, but yielding the compressed bytes after every block it reads."""
+    header = member.tobuf(archive.format, archive.encoding, archive.errors)
+    archive.fileobj.write(header)
+    archive.offset += len(header)
+    left = member.size
+    while left > 0:
+        block = handle.read(min(ARCHIVE_BLOCK, left))
+        if not block:
+            block = b"\0" * min(ARCHIVE_BLOCK, left)  # the file shrank: pad to the size
+        archive.fileobj.write(block)
+        left -= len(block)
+        yield spool.take()
+    blocks, remainder = divmod(member.size, tarfile.BLOCKSIZE)
+    if remainder:
+        archive.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
+        blocks += 1
+    archive.offset += blocks * tarfile.BLOCKSIZE
     yield spool.take()
 
 

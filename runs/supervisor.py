@@ -16,7 +16,7 @@ import selectors
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -24,7 +24,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import protocol
+from .logwriter import LogWriter
 from .models import LogChunk, Metric, RunStatus, TunixRun
+from .outage import DatabaseGate
 from .processes import child_environment, die_with_parent, kill_group, signal_group
 
 log = logging.getLogger(__name__)
@@ -43,73 +45,24 @@ PIPE_BYTES = 1024 * 1024  # Linux's default maximum for an unprivileged pipe
 # A stdout line longer than this cannot be a launcher event; it is stored as plain text.
 MAX_EVENT_LINE = 64 * 1024
 
+# Metrics kept in memory while the database is away (a few MB); more are counted, dropped.
+MAX_BUFFERED_METRICS = 100_000
 
-@dataclass
-class LogWriter:
-    """Writes output as chunks with a storage cap: the head is kept, then a rolling tail;
-    a marker chunk between them says how much was dropped. The pipe is always drained."""
 
-    run_id: object
-    cap: int
-    seq: int = 0
-    stored: int = 0
-    head_full: bool = False
-    marker_id: int | None = None
-    dropped: int = 0
-    tail: list[tuple[int, int]] = field(default_factory=list)  # (chunk id, size) oldest first
-    tail_bytes: int = 0
+def give_up_after() -> float:
+    """Seconds without a heartbeat after which the supervisor stops the child: before the
+    reaper (TUNIXRT_HEARTBEAT_STALE_SECONDS) would call the run lost."""
+    return max(1.0, settings.HEARTBEAT_STALE_SECONDS - settings.HEARTBEAT_SECONDS)
 
-    def write(self, stream: str, text: str) -> None:
-        if not text:
-            return
-        size = len(text.encode("utf-8", "replace"))
-        head_cap = self.cap // 2
-        if not self.head_full and self.stored + size <= head_cap:
-            self._insert(stream, text)
-            self.stored += size
-            return
-        if not self.head_full:
-            self.head_full = True
-            marker = LogChunk.objects.create(
-                run_id=self.run_id, seq=self._next(), stream="system", text=self._marker_text()
-            )
-            self.marker_id = marker.id
-        # Rolling tail: keep at most cap/2 bytes of the newest output.
-        tail_cap = self.cap - head_cap
-        if size > tail_cap:
-            self.dropped += size - tail_cap
-            text = text.encode("utf-8", "replace")[-tail_cap:].decode("utf-8", "ignore")
-            size = len(text.encode("utf-8"))
-        chunk_id = self._insert(stream, text)
-        self.tail.append((chunk_id, size))
-        self.tail_bytes += size
-        drop_ids = []
-        while self.tail_bytes > tail_cap and self.tail:
-            old_id, old_size = self.tail.pop(0)
-            drop_ids.append(old_id)
-            self.tail_bytes -= old_size
-            self.dropped += old_size
-        if drop_ids:
-            LogChunk.objects.filter(id__in=drop_ids).delete()
-        if self.dropped:
-            LogChunk.objects.filter(id=self.marker_id).update(text=self._marker_text())
 
-    def _marker_text(self) -> str:
-        return (
-            f"[tunix-rt] log storage cap of {self.cap} bytes reached: the first part is kept "
-            f"above and the newest output below; {self.dropped} bytes in between were dropped.\n"
-        )
+def final_patience() -> float:
+    """How long a supervisor whose child has ended waits for the database to record it."""
+    return 2 * settings.HEARTBEAT_STALE_SECONDS + 30
 
-    def _next(self) -> int:
-        self.seq += 1
-        return self.seq
 
-    def _insert(self, stream: str, text: str) -> int:
-        # PostgreSQL text cannot hold NUL; keep the rest of the line.
-        text = text.replace("\x00", "\ufffd")
-        return LogChunk.objects.create(
-            run_id=self.run_id, seq=self._next(), stream=stream, text=text
-        ).id
+def reaper_patience() -> float:
+    """How long the reaper leaves a stale run alone while its supervisor process lives."""
+    return give_up_after() + final_patience() + 30
 
 
 @dataclass
@@ -126,35 +79,55 @@ class Supervisor:
         self.env_extra = env_extra or {}
         last = LogChunk.objects.filter(run_id=run.id).order_by("-seq").first()
         self.log = LogWriter(run.id, settings.LOG_CAP_BYTES, seq=last.seq if last else 0)
-        self.pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.pending: dict[str, list[str]] = {"stdout": [], "stderr": [], "system": []}
         self.pending_bytes = 0
         self.partial = {"stdout": b"", "stderr": b""}
-        self.metrics: list[Metric] = []
+        self.metrics: list[tuple[str, int, float]] = []
         self.progress: dict[str, object] = {}
         self.environment: dict[str, object] = {}
         self.last_error: str | None = None
         self.bytes_read = 0
+        # Database outages (see runs/outage.py): what could not be kept in memory.
+        self.gate = DatabaseGate()
+        self.last_beat_ok = time.monotonic()
+        self.outage_dropped_bytes = 0
+        self.outage_dropped_metrics = 0
 
     # The loop ------------------------------------------------------------------------
     def execute(self) -> Outcome:
         proc = self._spawn()
-        sel = self._watch(proc)
-        stop = self._supervise(proc, sel)
-        sel.close()
-        for pipe in (proc.stdout, proc.stderr):
-            pipe.close()
-        code = proc.wait()
+        try:
+            self._store()  # the pid and group first: the reaper needs them
+            sel = self._watch(proc)
+            stop = self._supervise(proc, sel)
+            sel.close()
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+            code = proc.wait()
+        except BaseException:
+            # Whatever went wrong here, the child must not go on running unwatched.
+            kill_group(self.pgid, self.started, grace=0)
+            raise
         for name in ("stdout", "stderr"):
             if self.partial[name]:
                 self._line(name, self.partial[name])
                 self.partial[name] = b""
-        self._flush()
+        self._say_what_was_lost()
+        # The database may still be away: wait for it (bounded) so the log is complete.
+        self.gate.retry(self._flush, patience=final_patience())
+        return self._outcome(code, stop)
+
+    def _say_what_was_lost(self) -> None:
         if self.log.dropped:
             # The marker above was updated in place; followers reading after a cursor
             # only see new chunks, so the final figure is also said at the end.
             self._system(f"[tunix-rt] {self.log.dropped} bytes of output were not stored.\n")
-            self._flush()
-        return self._outcome(code, stop)
+        if self.outage_dropped_bytes or self.outage_dropped_metrics:
+            self._system(
+                f"[tunix-rt] while the database was unreachable, {self.outage_dropped_bytes} "
+                f"bytes of output and {self.outage_dropped_metrics} metrics did not fit in "
+                "the buffer and were dropped.\n"
+            )
 
     def _spawn(self) -> subprocess.Popen:
         """Start the child in its own process group and record its pid and group."""
@@ -171,10 +144,13 @@ class Supervisor:
         )
         self.pgid = proc.pid
         self.started = psutil.Process(proc.pid).create_time()
-        TunixRun.objects.filter(id=self.run.id).update(
-            pid=proc.pid,
-            pgid=self.pgid,
-            environment={**self.run.environment, "pid_create_time": self.started},
+        me = psutil.Process()
+        # Buffered like any other write: a database outage right now must not orphan it.
+        self.progress.update(pid=proc.pid, pgid=self.pgid)
+        self.environment.update(
+            pid_create_time=self.started,
+            supervisor_pid=me.pid,
+            supervisor_create_time=me.create_time(),
         )
         return proc
 
@@ -236,16 +212,30 @@ class Supervisor:
         return self.stop
 
     def _tick(self, now, begin, flush_every, beat_every, child_alive: bool) -> None:
-        """The periodic work: store output, check for cancel, beat, stop on timeout."""
-        if now - self.last_flush >= flush_every:
-            self._flush()
+        """The periodic work: store output, check for cancel, beat, stop on timeout. While
+        the database is away, output is buffered and it is tried again with backoff."""
+        if self.gate.due() and (self.gate.down or now - self.last_flush >= flush_every):
             self.last_flush = now
-            if self.stop is None:
-                self.stop = self._check_cancel()
-        if self.stop is None and now - self.last_beat >= beat_every:
+            if self._store() and self.stop is None:
+                ok, stop = self.gate.call(self._check_cancel)
+                self.stop = stop if ok else None
+        if self.stop is None and not self.gate.down and now - self.last_beat >= beat_every:
             self.last_beat = now
-            if not self._heartbeat():
-                self.stop = (GONE, "The run was finished elsewhere.")
+            ok, mine = self.gate.call(self._heartbeat)
+            if ok:
+                self.last_beat_ok = now
+                if not mine:
+                    self.stop = (GONE, "The run was finished elsewhere.")
+        if self.stop is None and self.gate.down and now - self.last_beat_ok > give_up_after():
+            # Past this, the reaper would declare the run lost: stop the child first, so no
+            # process outlives this decision, and record why once the database is back.
+            self.stop = (
+                RunStatus.FAILED,
+                f"The database was unreachable for {self.gate.down_for():.0f} s, longer than "
+                f"the heartbeat window (TUNIXRT_HEARTBEAT_STALE_SECONDS="
+                f"{settings.HEARTBEAT_STALE_SECONDS}); the training process group was stopped. "
+                f"Last error: {self.gate.last_error}",
+            )
         if self.stop is None and now - begin > self.run.timeout_seconds:
             self.stop = (RunStatus.TIMEOUT, f"Timed out after {self.run.timeout_seconds} s.")
         if self.stop is not None and self.kill_at is None and child_alive:
@@ -298,15 +288,34 @@ class Supervisor:
         self._text(stream, line)
 
     def _text(self, stream: str, data: bytes) -> None:
+        if self.gate.down and self.pending_bytes + len(data) > settings.OUTAGE_BUFFER_BYTES:
+            self.outage_dropped_bytes += len(data)  # said in the log once it is back
+            return
         text = data.decode("utf-8", "replace")
         self.pending[stream].append(text)
         self.pending_bytes += len(data)
-        if self.pending_bytes >= settings.LOG_FLUSH_BYTES:
-            self._flush_log()
+        if self.pending_bytes >= settings.LOG_FLUSH_BYTES and not self.gate.down:
+            self.gate.call(self._flush_log)
 
     def _system(self, text: str) -> None:
-        self._flush()
-        self.log.write("system", text)
+        """A line of ours, stored after the output read so far (buffered like it)."""
+        self.pending["system"].append(text)
+        if self.gate.due():
+            self._store()
+
+    def _store(self) -> bool:
+        """Flush through the gate. After an outage, say so in the log and beat at once: the
+        run is re-asserted as ours before the reaper could think it lost."""
+        was_down = self.gate.down_for()
+        ok, _ = self.gate.call(self._flush)
+        if ok and was_down:
+            self.last_beat = float("-inf")
+            self.pending["system"].append(
+                f"[tunix-rt] the database was unreachable for {was_down:.1f} s; the output "
+                "of that time was buffered and is stored above.\n"
+            )
+            self.gate.call(self._flush_log)
+        return ok
 
     def _event(self, event: dict) -> None:
         kind = event["event"]
@@ -329,9 +338,10 @@ class Supervisor:
                 and isinstance(value, int | float)
                 and math.isfinite(value)
             ):
-                self.metrics.append(
-                    Metric(run_id=self.run.id, name=name[:100], step=step, value=float(value))
-                )
+                if len(self.metrics) >= MAX_BUFFERED_METRICS:
+                    self.outage_dropped_metrics += 1
+                else:
+                    self.metrics.append((name[:100], step, float(value)))
         elif kind == "environment":
             self.environment.update(
                 {k: v for k, v in event.items() if k != "event" and isinstance(v, str | int)}
@@ -345,36 +355,42 @@ class Supervisor:
                 self.environment["events"].append(event)
 
     def _flush_log(self) -> None:
-        """Store pending output (at least every 64 KiB; the 1 s tick calls _flush)."""
-        for stream in ("stdout", "stderr"):
+        """Store pending output (at least every 64 KiB; the 1 s tick calls _flush). A
+        stream's text is dropped from memory only once it is stored."""
+        for stream in ("stdout", "stderr", "system"):
             if self.pending[stream]:
-                self.log.write(stream, "".join(self.pending[stream]))
+                text = "".join(self.pending[stream])
+                self.log.write(stream, text)
                 self.pending[stream] = []
-        self.pending_bytes = 0
+                self.pending_bytes = max(0, self.pending_bytes - len(text))
+        if not any(self.pending.values()):
+            self.pending_bytes = 0
 
     def _flush(self) -> None:
-        """Store pending output, metrics and progress, and the run's log counters."""
+        """Store pending output, metrics and progress, and the run's log counters. Safe to
+        call again after a database error: what was stored is not stored twice."""
         self._flush_log()
-        updates: dict[str, object] = {}
         if self.metrics:
-            Metric.objects.bulk_create(self.metrics, ignore_conflicts=True)
+            Metric.objects.bulk_create(
+                [Metric(run_id=self.run.id, name=n, step=s, value=v) for n, s, v in self.metrics],
+                ignore_conflicts=True,
+                batch_size=2000,
+            )
             self.metrics = []
-        if self.progress:
-            updates.update(self.progress)
-            self.progress = {}
+        updates: dict[str, object] = dict(self.progress)
         if self.environment:
             env = dict(
                 TunixRun.objects.filter(id=self.run.id).values_list("environment", flat=True)[0]
             )
-            events = env.get("events", []) + self.environment.pop("events", [])
-            env.update(self.environment)
+            events = env.get("events", []) + self.environment.get("events", [])
+            env.update({k: v for k, v in self.environment.items() if k != "events"})
             if events:
                 env["events"] = events[-200:]
             updates["environment"] = env
-            self.environment = {}
         updates["log_bytes"] = self.log.stored + self.log.tail_bytes
         updates["log_dropped_bytes"] = self.log.dropped
         TunixRun.objects.filter(id=self.run.id).update(**updates)
+        self.progress, self.environment = {}, {}
 
     # Control ---------------------------------------------------------------------------
     def _heartbeat(self) -> bool:

@@ -95,3 +95,36 @@ def test_the_management_command_prints_a_working_token_once(user):
     assert ApiClient(token).get("/api/tunix/runs").status_code == 200
     with pytest.raises(CommandError, match="No user nobody"):
         call_command("create_api_token", "nobody")
+
+
+@pytest.fixture
+def token_staff(django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("dave", password="dave-pw-1", is_staff=True)
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_apitoken", "view_apitoken"])
+    )
+    return staff
+
+
+def test_a_staff_member_mints_tokens_only_for_themselves(client, token_staff, django_user_model):
+    boss = django_user_model.objects.create_superuser("boss", password="boss-pw-1")
+    client.force_login(token_staff)
+    response = client.post(ADD, {"user": boss.pk, "name": "steal"})
+    assert not ApiToken.objects.filter(user=boss).exists()
+    assert response.status_code == 200 and b"Select a valid choice" in response.content
+    response = client.post(ADD, {"user": token_staff.pk, "name": "mine"})
+    assert response.status_code == 200
+    assert ApiToken.objects.get().user == token_staff
+
+
+def test_revoking_needs_a_permission(client, token_staff, user):
+    record, token = services.api_token_create(user=user)
+    client.force_login(token_staff)
+    response = client.post(LIST, {"action": "revoke_tokens", "_selected_action": [record.pk]})
+    record.refresh_from_db()
+    assert record.revoked_at is None
+    assert ApiClient(token).get("/api/tunix/runs").status_code == 200
+    assert b"revoke_tokens" not in client.get(LIST).content
+    assert response.status_code in (200, 302)

@@ -91,12 +91,3 @@ def test_twenty_concurrent_submissions_never_exceed_the_total_limit(
     codes = submit_concurrently(clients)
     assert sorted(codes) == [202] * 7 + [429] * 13
     assert TunixRun.objects.filter(status=RunStatus.PENDING).count() == 7
-
-
-@pytest.mark.django_db(transaction=True)
-def test_concurrent_runs_naming_one_output_folder_let_exactly_one_in(user, dataset, tiny_model_dir):
-    body = {"dataset_key": "sample-v1", "model_id": "local:tiny-llama3", "output_dir": "shared/x"}
-    clients = [ApiClient(services.api_token_create(user=user)[1]) for _ in range(10)]
-    codes = submit_concurrently(clients, body)
-    assert sorted(codes) == [201] + [422] * 9
-    assert TunixRun.objects.get().output_dir == "shared/x"

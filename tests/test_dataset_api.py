@@ -263,20 +263,20 @@ def test_delete_is_409_while_runs_refer_to_the_dataset(api, staff_user, dataset,
 
     from .conftest import ApiClient
 
-    run_factory()
+    run_factory(mode="local", command=["true"])
     _, token = services.api_token_create(user=staff_user)
     response = ApiClient(token).delete("/api/datasets/sample-v1")
     assert response.status_code == 409
     assert response.json() == {
-        "detail": "Dataset sample-v1 is used by 1 run; delete those runs first."
+        "detail": "Dataset sample-v1 is used by 1 run, 1 of them active; delete those runs first."
     }
     assert Dataset.objects.filter(key="sample-v1").exists()
 
 
-def test_delete_of_someone_elses_dataset_is_403(api, other_user, settings):
+def test_delete_of_someone_elses_shared_dataset_is_403(api, other_user, settings):
     from .conftest import import_dataset
 
-    import_dataset(name="theirs", owner=other_user)
+    import_dataset(name="theirs", owner=other_user, shared=True)
     response = api.delete("/api/datasets/theirs-v1")
     assert response.status_code == 403
     assert Dataset.objects.filter(key="theirs-v1").exists()
@@ -287,7 +287,7 @@ def test_the_openapi_schema_documents_the_multipart_upload(api):
     body = schema["paths"]["/api/datasets"]["post"]["requestBody"]["content"]
     properties = body["multipart/form-data"]["schema"]["properties"]
     assert {"file", "name", "version", "format", "description"} <= set(properties)
-    assert set(schema["paths"]["/api/datasets/{key}"]) == {"get", "delete"}
+    assert set(schema["paths"]["/api/datasets/{key}"]) == {"get", "patch", "delete"}
 
 
 def test_preview_and_export_of_a_dataset_whose_file_is_gone_are_409(api, dataset, settings):

@@ -204,11 +204,11 @@ def test_the_owner_deletes_a_dataset_and_its_file(
 def test_deleting_a_dataset_that_runs_use_is_409_with_the_reason(
     client, staff_user, dataset, run_factory
 ):
-    run_factory()
+    run_factory(mode="local", command=["true"])
     client.force_login(staff_user)
     response = client.post("/datasets/sample-v1/delete/")
     assert response.status_code == 409
-    assert "is used by 1 run; delete those runs first." in response.content.decode()
+    assert "1 of them active; delete those runs first." in response.content.decode()
     assert Dataset.objects.filter(key="sample-v1").exists()
 
 

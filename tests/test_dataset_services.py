@@ -105,10 +105,10 @@ def test_a_second_import_of_a_version_is_refused_and_the_first_is_untouched(sett
     assert stored_files(settings.DATASETS_DIR) == ["d", "d/v1.jsonl"]
 
 
-def test_a_new_version_lives_beside_the_old_one():
+def test_a_new_version_lives_beside_the_old_one(user):
     import_bytes(jsonl(PAIR), version="v1")
     import_bytes(jsonl(PAIR, PAIR), version="v2")
-    assert [(d.key, d.row_count) for d in dataset_selectors.datasets_all()] == [
+    assert [(d.key, d.row_count) for d in dataset_selectors.datasets_all(user=user)] == [
         ("d-v1", 1),
         ("d-v2", 2),
     ]
@@ -142,8 +142,10 @@ def test_delete_removes_the_row_then_the_file_after_commit(
     assert stored_files(settings.DATASETS_DIR) == []
 
 
-def test_delete_is_refused_while_a_run_refers_to_the_dataset(run_factory, dataset, staff_user):
-    run_factory()
+def test_delete_is_refused_while_a_local_run_refers_to_the_dataset(
+    run_factory, dataset, staff_user
+):
+    run_factory(mode="local", command=["true"])
     with pytest.raises(Conflict) as err:
         dataset_services.dataset_delete(dataset=dataset, user=staff_user)
     assert "used by 1 run" in err.value.message
@@ -377,9 +379,9 @@ def test_a_dry_run_counts_tokens_when_the_model_has_a_tokenizer(tokenizer_model,
     assert "would be truncated at max_seq_length=16 (tokens)" in run.message
 
 
-def test_dataset_choices_label_each_key_with_its_row_count(dataset):
+def test_dataset_choices_label_each_key_with_its_row_count(dataset, user):
     import_bytes(jsonl(PAIR), name="one")
-    assert dataset_selectors.dataset_choices() == [
+    assert dataset_selectors.dataset_choices(user=user) == [
         ("one-v1", "one-v1 (1 row, Prompt / completion)"),
         ("sample-v1", "sample-v1 (240 rows, Reasoning traces)"),
     ]

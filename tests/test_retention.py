@@ -293,6 +293,8 @@ def test_a_dataset_is_deleted_with_its_file_only_when_no_run_uses_it(
     run_factory, dataset, staff_user, django_capture_on_commit_callbacks
 ):
     run = make_run(run_factory, finished=timezone.now())
+    # A local run (a finished dry-run would not hold the dataset back).
+    TunixRun.objects.filter(id=run.id).update(mode="local")
     path = storage.dataset_path(dataset)
     with pytest.raises(Conflict, match="used by 1 run"):
         dataset_services.dataset_delete(dataset=dataset, user=staff_user)

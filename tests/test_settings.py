@@ -91,3 +91,21 @@ def test_a_queue_retry_shorter_than_the_longest_run_refuses_to_start(tmp_path):
     done = manage(tmp_path, "check", TUNIXRT_RUN_TIMEOUT="9999", TUNIXRT_RUN_TIMEOUT_MAX="100")
     assert done.returncode != 0
     assert "tunixrt.E003" in done.stderr
+
+
+def test_a_boolean_setting_with_an_unknown_value_refuses_to_start(tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
+    base.update(
+        {"DJANGO_SETTINGS_MODULE": "tunixrt.settings", "TUNIXRT_DATA_DIR": str(tmp_path)},
+        TUNIXRT_HTTPS="ture",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=REPO, env=base, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "TUNIXRT_HTTPS='ture'" in done.stderr
+
+
+def test_the_generated_secret_key_is_private(tmp_path):
+    settings_with(tmp_path)
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600

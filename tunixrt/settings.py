@@ -4,12 +4,14 @@ Every value comes from the environment and has a working default, so a fresh clo
 SQLite with nothing else to start. `DATABASE_URL` switches to PostgreSQL.
 """
 
+import contextlib
 import os
 import secrets
 import sys
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -19,7 +21,14 @@ def envstr(name: str, default: str = "") -> str:
 
 
 def envbool(name: str, default: str = "0") -> bool:
-    return os.getenv(name, default).strip().lower() in ("1", "true", "yes", "on")
+    """A boolean setting. A value it does not know is refused, not read as false: a typo in
+    TUNIXRT_HTTPS must not quietly turn off secure cookies."""
+    value = os.getenv(name, default).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r}: use 1/0, true/false, yes/no or on/off.")
 
 
 def envint(name: str, default: str) -> int:
@@ -43,8 +52,11 @@ def _secret_key() -> str:
     # No key given: keep a generated one on disk so sessions survive restarts of `make run`.
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        # Created with mode 0600: no moment in which another user could read it.
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
     return path.read_text().strip()
 
 
@@ -151,6 +163,16 @@ STORAGES = {
 # Serve straight from the source folders too, so pages have their CSS before collectstatic.
 WHITENOISE_USE_FINDERS = True
 
+# Mail (password reset). Unset: no mail is sent and the password-reset pages are off.
+EMAIL_HOST = envstr("TUNIXRT_EMAIL_HOST")
+EMAIL_CONFIGURED = bool(EMAIL_HOST)
+if EMAIL_CONFIGURED:
+    EMAIL_PORT = envint("TUNIXRT_EMAIL_PORT", "587")
+    EMAIL_HOST_USER = envstr("TUNIXRT_EMAIL_USER")
+    EMAIL_HOST_PASSWORD = envstr("TUNIXRT_EMAIL_PASSWORD")
+    EMAIL_USE_TLS = envbool("TUNIXRT_EMAIL_TLS", "1")
+    DEFAULT_FROM_EMAIL = envstr("TUNIXRT_EMAIL_FROM", "tunix-rt@localhost")
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "runs:list"
 LOGOUT_REDIRECT_URL = "login"
@@ -219,6 +241,8 @@ MAX_CONCURRENT_RUNS = envint("TUNIXRT_MAX_CONCURRENT_RUNS", "1")
 LOG_CAP_BYTES = envint("TUNIXRT_LOG_CAP_BYTES", str(16 * 1024 * 1024))
 LOG_FLUSH_SECONDS = float(envstr("TUNIXRT_LOG_FLUSH_SECONDS", "1.0"))
 LOG_FLUSH_BYTES = envint("TUNIXRT_LOG_FLUSH_BYTES", str(64 * 1024))
+# Output a supervisor keeps in memory while the database is unreachable (then counted, dropped).
+OUTAGE_BUFFER_BYTES = envint("TUNIXRT_OUTAGE_BUFFER_BYTES", str(64 * 1024 * 1024))
 MAX_QUEUED_RUNS_PER_USER = envint("TUNIXRT_MAX_QUEUED_RUNS_PER_USER", "20")
 MAX_QUEUED_RUNS_TOTAL = envint("TUNIXRT_MAX_QUEUED_RUNS_TOTAL", "200")
 RETENTION_DAYS = envint("TUNIXRT_RETENTION_DAYS", "30")

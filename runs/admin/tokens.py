@@ -3,6 +3,7 @@ its hash is stored); tokens can be revoked. Imported by runs/admin.py."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
@@ -36,7 +37,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = ApiTokenCreateForm
-        return super().get_form(request, obj, **kwargs)
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None and not request.user.is_superuser:
+            # A token acts as its user: a staff member mints only their own, or anyone with
+            # `add_apitoken` could act as a superuser.
+            field = form.base_fields["user"]
+            field.queryset = field.queryset.filter(pk=request.user.pk)
+            field.initial = request.user.pk
+            field.help_text = "Staff create tokens for themselves; superusers for anyone."
+        return form
 
     def get_fields(self, request, obj=None):
         return ("user", "name") if obj is None else _SHOWN_FIELDS
@@ -48,6 +57,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
+        if form.cleaned_data["user"] != request.user and not request.user.is_superuser:
+            raise PermissionDenied("Only a superuser creates tokens for other users.")
         record, token = services.api_token_create(
             user=form.cleaned_data["user"], name=form.cleaned_data["name"]
         )
@@ -73,7 +84,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         add_never_cache_headers(response)
         return response
 
-    @admin.action(description="Revoke the selected tokens")
+    # Revoking ends a token for good, as deleting would: it needs the delete permission.
+    @admin.action(description="Revoke the selected tokens", permissions=["delete"])
     def revoke_tokens(self, request, queryset):
         revoked = 0
         for token in queryset.filter(revoked_at__isnull=True):

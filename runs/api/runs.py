@@ -28,6 +28,7 @@ from runs.api.schemas import (
     RunStatusName,
     TunixStatusOut,
 )
+from runs.errors import Forbidden
 from runs.models import RunMode
 
 router = Router(auth=api_auth)
@@ -43,10 +44,14 @@ def health(request):
 
 @router.get(
     "/tunix/status",
-    response={200: TunixStatusOut, 401: ErrorOut, 422: ErrorOut},
+    response={200: TunixStatusOut, 401: ErrorOut, 403: ErrorOut, 422: ErrorOut},
     summary="Is Tunix available to the training interpreter?",
+    description="`refresh=true` (staff only) probes again instead of answering the cached "
+    "result: it starts the training interpreter.",
 )
 def tunix_status(request, refresh: bool = False):
+    if refresh and not request.auth.is_staff:
+        raise Forbidden("Only staff may refresh the probe: it starts the training interpreter.")
     status = training.probe(refresh=refresh)
     return {
         "available": status.available,
@@ -89,7 +94,6 @@ def run_create(request, payload: RunIn):
             model_id=payload.model_id,
             mode=RunMode.DRY_RUN if payload.dry_run else RunMode.LOCAL,
             hyperparameters={name: data[name] for name in hyperparameters.HYPERPARAMETERS},
-            output_dir=payload.output_dir,
             timeout_seconds=payload.timeout_seconds,
             name=payload.name,
         ),
@@ -304,11 +308,10 @@ def run_outputs(request, run_id: str):
 )
 def run_output_download(request, run_id: str, file_path: str):
     run = selectors.run_for_user(user=request.auth, run_id=run_id)
-    path = storage.run_output_file(run, file_path)
     # An attachment of an opaque type: a file written by training is never rendered inline.
     return FileResponse(
-        open(path, "rb"),  # noqa: SIM115 - FileResponse closes it
+        storage.run_output_file(run, file_path),  # FileResponse closes it
         as_attachment=True,
-        filename=path.name,
+        filename=file_path.rstrip("/").rsplit("/", 1)[-1],
         content_type="application/octet-stream",
     )

@@ -75,8 +75,6 @@ DATASET_KEY = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # Model references (local:NAME, ORG/NAME, kaggle:...) start with a letter or digit, so none
 # can be read as an option; runs.training.parse_model_ref checks the exact forms.
 MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9:/._-]*$"
-# Relative to the artifacts root; runs.storage.safe_relative checks every segment.
-OUTPUT_DIR = r"^[A-Za-z0-9][A-Za-z0-9/._-]*$"
 
 
 class FieldErrorOut(Schema):
@@ -110,6 +108,10 @@ class TunixStatusOut(Schema):
 
 
 class RunIn(HyperparametersIn):
+    # Strict: `true` is not 1 and "5" is not a number. Unknown fields are refused, among them
+    # `output_dir`: every run's folder is runs/<id>, so no run's folder can hold another's.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     dataset_key: str = Field(..., min_length=1, max_length=160, pattern=DATASET_KEY)
     model_id: str = Field(
         ...,
@@ -117,12 +119,6 @@ class RunIn(HyperparametersIn):
         max_length=200,
         pattern=MODEL_ID,
         description="local:NAME, ORG/NAME (Hugging Face) or kaggle:OWNER/MODEL/...",
-    )
-    output_dir: str | None = Field(
-        None,
-        max_length=200,
-        pattern=OUTPUT_DIR,
-        description="Relative to the artifacts root; default runs/<id>.",
     )
     dry_run: bool = Field(True, description="Validate and build the config; execute nothing.")
     name: str = Field("", max_length=200, pattern=TEXT)
@@ -237,6 +233,7 @@ class DatasetOut(Schema):
     sha256: str
     description: str
     owner: str | None
+    shared: bool = Field(..., description="Visible to every user, not only its owner and staff.")
     created_at: datetime
     run_count: int = Field(0, description="Runs that refer to this dataset.")
 
@@ -345,7 +342,7 @@ class RerunIn(HyperparameterChangesIn):
     """Fields to change; every field left out keeps the original run's value."""
 
     # A rerun always gets its own output folder; say so instead of ignoring `output_dir`.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dataset_key: str = Field(None, min_length=1, max_length=160, pattern=DATASET_KEY)
     model_id: str = Field(None, min_length=1, max_length=200, pattern=MODEL_ID)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ninja import Field as NField
 from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
+from pydantic import ConfigDict
 
 from runs import hyperparameters, selectors
 from runs.api.auth import api_auth
@@ -42,7 +43,7 @@ class DatasetFilters(Schema):
     "", response={200: DatasetPageOut, 401: ErrorOut, 422: ErrorOut}, summary="List datasets"
 )
 def dataset_list(request, filters: Query[DatasetFilters]):
-    found = dataset_selectors.datasets_list(q=filters.q, format=filters.format)
+    found = dataset_selectors.datasets_list(user=request.auth, q=filters.q, format=filters.format)
     page = selectors.paginate(found, page=filters.page, page_size=filters.page_size)
     return page.as_dict()
 
@@ -55,6 +56,7 @@ class DatasetUploadIn(Schema):
     version: str = NField(..., min_length=1, max_length=50, pattern=_SEGMENT)
     format: UploadFormatName = NField("", description="Empty: detected from the first row.")
     description: str = NField("", max_length=2000)
+    shared: bool = NField(False, description="Visible to every user (default: only to you).")
 
 
 @router.post(
@@ -78,15 +80,16 @@ def dataset_create(request, form: Form[DatasetUploadIn], file: File[UploadedFile
         owner=request.auth,
         declared_format=form.format or None,
         description=form.description,
+        shared=form.shared,
     )
-    return Status(201, dataset_selectors.dataset_get(dataset.key))
+    return Status(201, dataset_selectors.dataset_get(dataset.key, user=request.auth))
 
 
 @router.get(
     "/{key}", response={200: DatasetOut, 401: ErrorOut, 404: ErrorOut}, summary="One dataset"
 )
 def dataset_detail(request, key: str):
-    return dataset_selectors.dataset_get(key)
+    return dataset_selectors.dataset_get(key, user=request.auth)
 
 
 class PreviewQuery(Schema):
@@ -107,7 +110,7 @@ class PreviewQuery(Schema):
     summary="First rows, as stored and as rendered training text, with length statistics",
 )
 def dataset_preview(request, key: str, params: Query[PreviewQuery]):
-    dataset = dataset_selectors.dataset_get(key)
+    dataset = dataset_selectors.dataset_get(key, user=request.auth)
     family, model = dataset_selectors.dataset_target(family=params.family, model_id=params.model_id)
     return {
         "dataset": dataset,
@@ -134,7 +137,7 @@ def dataset_preview(request, key: str, params: Query[PreviewQuery]):
     },
 )
 def dataset_export(request, key: str, family: Family | None = None, model_id: str | None = None):
-    dataset = dataset_selectors.dataset_get(key)
+    dataset = dataset_selectors.dataset_get(key, user=request.auth)
     family, _ = dataset_selectors.dataset_target(family=family, model_id=model_id)
     return export_response(dataset, family)
 
@@ -145,5 +148,32 @@ def dataset_export(request, key: str, family: Family | None = None, model_id: st
     summary="Delete a dataset (409 while runs refer to it)",
 )
 def dataset_delete(request, key: str):
-    dataset_services.dataset_delete(dataset=dataset_selectors.dataset_get(key), user=request.auth)
+    dataset_services.dataset_delete(
+        dataset=dataset_selectors.dataset_get(key, user=request.auth), user=request.auth
+    )
     return Status(204, None)
+
+
+class DatasetChangeIn(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    shared: bool = NField(..., description="Visible to every user, or only to its owner.")
+
+
+@router.patch(
+    "/{key}",
+    response={
+        200: DatasetOut,
+        400: ErrorOut,
+        401: ErrorOut,
+        403: ErrorOut,
+        404: ErrorOut,
+        413: ErrorOut,
+        422: ErrorOut,
+    },
+    summary="Share a dataset with everyone, or make it private again (owner or staff)",
+)
+def dataset_change(request, key: str, payload: DatasetChangeIn):
+    dataset = dataset_selectors.dataset_get(key, user=request.auth)
+    dataset_services.dataset_set_shared(dataset=dataset, user=request.auth, shared=payload.shared)
+    return dataset_selectors.dataset_get(key, user=request.auth)

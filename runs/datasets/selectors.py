@@ -20,17 +20,30 @@ from ..storage import dataset_file
 from . import rendering, validation
 
 
-def datasets_all() -> QuerySet[Dataset]:
-    return Dataset.objects.order_by("name", "version")
+def datasets_visible(user) -> QuerySet[Dataset]:
+    """The datasets `user` may see and train on: their own, those shared with everyone, and
+    those the operator imported without an owner (`import_dataset` without --owner). Staff
+    see all. Everyone else's are private: not listed, previewed, exported or used."""
+    if user is not None and user.is_staff:
+        return Dataset.objects.all()
+    if user is None or not user.is_authenticated:
+        return Dataset.objects.none()
+    return Dataset.objects.filter(Q(owner=user) | Q(shared=True) | Q(owner__isnull=True))
 
 
-def dataset_get(key: str) -> Dataset:
-    """The dataset by key (looked up, never joined into a path), or NotFound."""
+def datasets_all(*, user) -> QuerySet[Dataset]:
+    return datasets_visible(user).order_by("name", "version")
+
+
+def dataset_get(key: str, *, user) -> Dataset:
+    """The dataset by key (looked up, never joined into a path), or NotFound (also when it
+    is another user's private dataset: its existence is not revealed)."""
     key = str(key)[:160]
     dataset = None
     if "\x00" not in key:  # PostgreSQL refuses NUL in a query; no key holds one
         dataset = (
-            Dataset.objects.select_related("owner")
+            datasets_visible(user)
+            .select_related("owner")
             .annotate(run_count=Count("tunixrun"))
             .filter(key=key)
             .first()
@@ -40,9 +53,9 @@ def dataset_get(key: str) -> Dataset:
     return dataset
 
 
-def datasets_list(*, q: str | None = None, format: str | None = None) -> QuerySet[Dataset]:
-    """Datasets by name and version, each with the number of runs that use it."""
-    found = Dataset.objects.select_related("owner").annotate(run_count=Count("tunixrun"))
+def datasets_list(*, user, q: str | None = None, format: str | None = None) -> QuerySet[Dataset]:
+    """Datasets `user` may see by name and version, each with the number of runs using it."""
+    found = datasets_visible(user).select_related("owner").annotate(run_count=Count("tunixrun"))
     if format:
         found = found.filter(format=format)
     if q:
@@ -51,12 +64,12 @@ def datasets_list(*, q: str | None = None, format: str | None = None) -> QuerySe
     return found.order_by("name", "version")
 
 
-def dataset_choices() -> list[tuple[str, str]]:
+def dataset_choices(*, user) -> list[tuple[str, str]]:
     """(key, label) pairs for the run form's dataset field:
     ("sample-v1", "sample-v1 (240 rows, Reasoning traces)")."""
     return [
         (key, f"{key} ({rows} row{'s' if rows != 1 else ''}, {dict(Dataset.Format.choices)[fmt]})")
-        for key, rows, fmt in datasets_all().values_list("key", "row_count", "format")
+        for key, rows, fmt in datasets_all(user=user).values_list("key", "row_count", "format")
     ]
 
 

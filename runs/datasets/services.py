@@ -17,7 +17,7 @@ from django.db.models import Q
 from .. import storage
 from ..errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from ..formatting import human_bytes
-from ..models import ACTIVE_STATUSES, Dataset, TunixRun
+from ..models import ACTIVE_STATUSES, FINAL_STATUSES, Dataset, RunMode, TunixRun
 from ..storage import UnsafePath, is_safe_segment, safe_relative
 from . import rendering, validation
 
@@ -50,6 +50,7 @@ def dataset_import(
     owner=None,
     declared_format: str | None = None,
     description: str = "",
+    shared: bool = False,
 ) -> Dataset:
     """Validate a JSONL stream and register it as dataset `name-version`.
 
@@ -79,6 +80,7 @@ def dataset_import(
             "version": version,
             "owner": owner,
             "description": description,
+            "shared": bool(shared),
         },
     )
 
@@ -147,16 +149,18 @@ def _refuse_rejected(report: validation.ValidationReport) -> None:
 def dataset_delete(*, dataset: Dataset, user) -> None:
     """Delete a dataset: its row, then (once that has committed) its file.
 
-    Only its owner or staff may; refused (409) while any run refers to it, since a rerun
-    or a pending run would need the file. Runs keep the key and hash either way.
+    Only its owner or staff may; refused (409) while a local run refers to it, since a
+    rerun or a pending run would need the file. A finished dry-run holds no file and does
+    not block it. Runs keep the key and hash either way.
     """
-    if not (user.is_staff or (dataset.owner_id is not None and dataset.owner_id == user.id)):
-        raise Forbidden("Only the dataset's owner or staff can delete it.")
+    _check_owner(dataset, user, "delete it")
     with transaction.atomic():
         locked = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
         if locked is None:
             raise NotFound("No such dataset.")
-        runs = TunixRun.objects.filter(dataset=locked)
+        runs = TunixRun.objects.filter(dataset=locked).exclude(
+            mode=RunMode.DRY_RUN, status__in=FINAL_STATUSES
+        )
         used = runs.count()
         if used:
             active = runs.filter(status__in=ACTIVE_STATUSES).count()
@@ -179,6 +183,20 @@ def dataset_delete(*, dataset: Dataset, user) -> None:
                 path.parent.rmdir()  # only when no other version is left in it
 
         transaction.on_commit(remove_file)
+
+
+def _check_owner(dataset: Dataset, user, action: str) -> None:
+    if not (user.is_staff or (dataset.owner_id is not None and dataset.owner_id == user.id)):
+        raise Forbidden(f"Only the dataset's owner or staff can {action}.")
+
+
+def dataset_set_shared(*, dataset: Dataset, user, shared: bool) -> Dataset:
+    """Share a dataset with every user, or make it private to its owner (and staff) again.
+    Runs that already used it keep working; new runs need to see it."""
+    _check_owner(dataset, user, "share it")
+    Dataset.objects.filter(pk=dataset.pk).update(shared=bool(shared))
+    dataset.shared = bool(shared)
+    return dataset
 
 
 def dataset_check(dataset: Dataset) -> validation.ValidationReport:

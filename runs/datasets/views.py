@@ -29,9 +29,9 @@ _SEQ = hyperparameters.HYPERPARAMETERS["max_seq_length"]
 PREVIEW_ROWS_MAX = 50
 
 
-def _dataset_or_404(key: str) -> Dataset:
+def _dataset_or_404(key: str, user) -> Dataset:
     try:
-        return dataset_selectors.dataset_get(key)
+        return dataset_selectors.dataset_get(key, user=user)
     except NotFound as exc:
         raise Http404(exc.message) from exc
 
@@ -42,7 +42,9 @@ def dataset_list(request):
     fmt = request.GET.get("format") or None
     if fmt not in (None, *Dataset.Format.values):
         fmt = None
-    found = dataset_selectors.datasets_list(q=request.GET.get("q") or None, format=fmt)
+    found = dataset_selectors.datasets_list(
+        user=request.user, q=request.GET.get("q") or None, format=fmt
+    )
     try:
         number = int(request.GET.get("page", "1"))
     except ValueError:
@@ -138,7 +140,7 @@ def _preview_options(request) -> tuple[dict[str, Any], dict[str, str]]:
 def dataset_detail(request, key: str):
     """The preview: facts, the first rows as data and as the exact training text, and
     length statistics at a chosen max_seq_length. HTMX requests get the preview fragment."""
-    return _render_detail(request, _dataset_or_404(key), fragment=bool(request.htmx))
+    return _render_detail(request, _dataset_or_404(key, request.user), fragment=bool(request.htmx))
 
 
 def _render_detail(request, dataset: Dataset, *, fragment: bool = False, status: int = 200):
@@ -204,7 +206,7 @@ def export_response(dataset: Dataset, family: str) -> StreamingHttpResponse:
 @login_required
 @require_GET
 def dataset_export(request, key: str):
-    dataset = _dataset_or_404(key)
+    dataset = _dataset_or_404(key, request.user)
     try:
         family, _ = dataset_selectors.dataset_target(
             family=request.GET.get("family") or None,
@@ -219,7 +221,7 @@ def dataset_export(request, key: str):
 @login_required
 @require_POST
 def dataset_delete(request, key: str):
-    dataset = _dataset_or_404(key)
+    dataset = _dataset_or_404(key, request.user)
     try:
         dataset_services.dataset_delete(dataset=dataset, user=request.user)
     except ServiceError as exc:

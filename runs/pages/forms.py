@@ -84,11 +84,11 @@ class RunForm(forms.Form):
     # Set by the button that submits the form ("Dry-run" or "Run with Tunix"), not rendered.
     mode = forms.ChoiceField(choices=RunMode.choices, required=False)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         for name, bound in hyperparameters.HYPERPARAMETERS.items():
             self.fields[name] = _hyperparameter_field(name, bound)
-        self.fields["dataset_key"].choices = dataset_selectors.dataset_choices()
+        self.fields["dataset_key"].choices = dataset_selectors.dataset_choices(user=user)
         # Built here, not on the class, because its maximum is a setting.
         self.fields["timeout_seconds"] = forms.IntegerField(
             label="Timeout (seconds)",

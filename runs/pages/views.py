@@ -184,13 +184,13 @@ def run_new(request):
         models = training.local_models()
         if not initial.get("model_id") and models:
             initial["model_id"] = models[0]
-        form = RunForm(initial=initial)
+        form = RunForm(initial=initial, user=request.user)
         # The preview of an unsubmitted form shows what its initial values would run.
-        bound = RunForm(form.initial_data())
+        bound = RunForm(form.initial_data(), user=request.user)
         context = _form_context(request, form, plan=_preview(request, bound), source_run=source_run)
         return _render(request, "runs/run_form.html", context, fragment="form")
 
-    form = RunForm(request.POST)
+    form = RunForm(request.POST, user=request.user)
     status = 200
     if form.is_valid():
         try:
@@ -222,7 +222,7 @@ def run_new(request):
 @require_POST
 def run_validate(request):
     """The error list of the one field that triggered the request (htmx, as the user types)."""
-    form = RunForm(request.POST)
+    form = RunForm(request.POST, user=request.user)
     name = (request.htmx.trigger_name if request.htmx else None) or request.POST.get("_field")
     if name not in form.fields or name == "mode":
         return HttpResponse("Unknown field.", status=400, content_type="text/plain")
@@ -234,7 +234,7 @@ def run_validate(request):
 @require_POST
 def run_preview(request):
     """The exact config and command the form's values would produce (nothing stored)."""
-    form = RunForm(request.POST)
+    form = RunForm(request.POST, user=request.user)
     plan = _preview(request, form)
     return render(request, "runs/run_form.html#preview", {"form": form, "plan": plan})
 
@@ -437,10 +437,16 @@ def run_file(request, run_id, relative):
     """One file of the run's outputs; confined to the run's folder by the selector."""
     run = _run(request, run_id)
     try:
-        path = storage.run_output_file(run, relative)
+        handle = storage.run_output_file(run, relative)
     except NotFound as exc:
         raise Http404(exc.message) from exc
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+    # As the API: an opaque type, so a file written by training is never rendered inline.
+    return FileResponse(
+        handle,
+        as_attachment=True,
+        filename=relative.rstrip("/").rsplit("/", 1)[-1],
+        content_type="application/octet-stream",
+    )
 
 
 # --- comparing runs ---------------------------------------------------------------------

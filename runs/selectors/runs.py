@@ -78,6 +78,11 @@ def runs_filter(
     q: str | None = None,
     kind: str | None = RunKind.TRAIN,
 ) -> QuerySet[TunixRun]:
+    # PostgreSQL refuses NUL in a query (a 500): no stored value holds one, so drop it.
+    status, mode, dataset_key, model_id, q = (
+        value.replace("\x00", "") if isinstance(value, str) else value
+        for value in (status, mode, dataset_key, model_id, q)
+    )
     # Evaluations and exports are runs too, listed on their run's page, not in the run list.
     if kind:
         queryset = queryset.filter(kind=kind)

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import transaction
 
 from ..errors import Conflict, NotFound
-from ..models import TunixRun
+from ..models import ACTIVE_STATUSES, TunixRun
 from . import retention
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,13 @@ def run_delete(*, run: TunixRun) -> int:
         jobs = list(TunixRun.objects.select_for_update().filter(source=locked))
         if any(job.is_active for job in jobs):
             raise Conflict("An evaluation or export of this run is active; cancel it first.")
+        child = locked.children.filter(status__in=ACTIVE_STATUSES).first()
+        if child is not None:
+            # The child reads its checkpoint from this run's folder.
+            raise Conflict(
+                f"Run {child.id} continues from this run's checkpoint and is {child.status}; "
+                "wait for it to finish or cancel it before deleting this run."
+            )
         # Recorded in the same transaction: if we die before the folder is gone, the next
         # retention pass removes it (runs/retention.py). Its evaluations and exports (the
         # rows cascade) go with it; an exported model in the models folder stays.

@@ -17,9 +17,10 @@ from .. import protocol, storage, training
 from ..datasets.services import dataset_render_to
 from ..errors import Conflict
 from ..models import ACTIVE_STATUSES, FINAL_STATUSES, RunKind, RunMode, RunStatus, TunixRun
-from ..processes import kill_group, this_host
+from ..outage import DatabaseGate
+from ..processes import kill_group, process_alive, this_host
 from ..storage import UnsafePath
-from ..supervisor import GONE, Supervisor
+from ..supervisor import GONE, Outcome, Supervisor, final_patience, reaper_patience
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,23 @@ def run_execute(*, run_id) -> str:
     try:
         outcome = Supervisor(run, cwd=cwd, env_extra=env_extra).execute()
     except Exception as exc:
+        # The supervisor stopped the child's group before raising (see Supervisor.execute).
         log.exception("supervisor failed for run %s", run_id)
-        run_finish(run_id=run_id, status=RunStatus.FAILED, message=f"The supervisor failed: {exc}")
-        return "supervisor error"
+        outcome = Outcome(RunStatus.FAILED, None, f"The supervisor failed: {exc}")
     if outcome.status == GONE:
         return "finished elsewhere"
-    run_finish(
-        run_id=run_id,
-        status=outcome.status,
-        exit_code=outcome.exit_code,
-        message=outcome.message,
+    # The database may be away right now (the supervisor waited for it already, bounded):
+    # the final state is written as soon as it is back, or the reaper writes it.
+    recorded, _ = DatabaseGate().retry(
+        lambda: run_finish(
+            run_id=run_id,
+            status=outcome.status,
+            exit_code=outcome.exit_code,
+            message=outcome.message,
+        ),
+        patience=final_patience(),
     )
-    return outcome.status
+    return outcome.status if recorded else "database unreachable; left to the reaper"
 
 
 def run_cancel(*, run: TunixRun) -> TunixRun:
@@ -137,7 +143,7 @@ def run_cancel(*, run: TunixRun) -> TunixRun:
         run.refresh_from_db()
         raise Conflict(f"The run is already {run.status}; there is nothing to cancel.")
     run.refresh_from_db()
-    if run_heartbeat_is_stale(run):
+    if run_heartbeat_is_stale(run) and not _supervisor_may_come_back(run):
         # Nobody supervises it any more: finish it here; the reaper kills what is left.
         _reap_one(run, status=RunStatus.CANCELLED, message="Cancelled (its worker was lost).")
         run.refresh_from_db()
@@ -164,6 +170,18 @@ def runs_cancel_supervised_by(*, pids: set[int]) -> int:
     return asked
 
 
+def _supervisor_may_come_back(run: TunixRun) -> bool:
+    """A stale heartbeat whose supervisor still lives on this host means the database was
+    away: that supervisor stops its child itself and records why once it can write. It is
+    left alone for a bounded time (a hung supervisor is reaped after that)."""
+    if run.worker_host != this_host() or run.heartbeat_at is None:
+        return False
+    env = run.environment or {}
+    if not process_alive(env.get("supervisor_pid"), env.get("supervisor_create_time")):
+        return False
+    return timezone.now() - run.heartbeat_at < timedelta(seconds=reaper_patience())
+
+
 def _reap_one(run: TunixRun, *, status: str, message: str) -> bool:
     if run.pgid and run.worker_host == this_host():
         kill_group(
@@ -180,11 +198,17 @@ def runs_reap() -> str:
     stale = TunixRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=limit)
     reaped = 0
     for run in stale[:100]:
+        if _supervisor_may_come_back(run):
+            continue
         if run.cancel_requested_at:
             status, message = RunStatus.CANCELLED, "Cancelled (its worker was lost)."
         else:
             seen = run.heartbeat_at.isoformat(timespec="seconds")
-            status, message = RunStatus.FAILED, f"Worker lost: no heartbeat since {seen}."
+            status, message = (
+                RunStatus.FAILED,
+                f"Worker lost: no heartbeat since {seen} (its worker died, or it could not "
+                "reach the database).",
+            )
         reaped += _reap_one(run, status=status, message=message)
     requeue_before = timezone.now() - timedelta(seconds=settings.REQUEUE_AFTER_SECONDS)
     requeued = 0

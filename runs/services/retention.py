@@ -27,13 +27,14 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import CASCADE, DO_NOTHING, SET_NULL, Q, QuerySet, signals
+from django.db.models import CASCADE, DO_NOTHING, SET_NULL, Exists, OuterRef, Q, QuerySet, signals
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
+from .. import storage
 from ..errors import InvalidInput
 from ..formatting import human_bytes
-from ..models import FINAL_STATUSES, FolderDeletion, LogChunk, Metric, TunixRun
+from ..models import ACTIVE_STATUSES, FINAL_STATUSES, FolderDeletion, LogChunk, Metric, TunixRun
 from ..storage import folder_size, is_safe_segment, remove_tree
 
 DEFAULT_BATCH_SIZE = 500
@@ -102,9 +103,13 @@ class PruneSummary:
 
 
 def prunable(cutoff: datetime) -> QuerySet[TunixRun]:
-    """Runs retention may delete: finished before `cutoff`, not pinned. Active runs have no
-    finished_at (and are excluded by status even if they had one)."""
-    return TunixRun.objects.filter(status__in=FINAL_STATUSES, pinned=False, finished_at__lt=cutoff)
+    """Runs retention may delete: finished before `cutoff`, not pinned, and with no pending
+    or running child continuing from their checkpoint (a later pass takes them). Active
+    runs have no finished_at (and are excluded by status even if they had one)."""
+    active_child = TunixRun.objects.filter(parent=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+    return TunixRun.objects.filter(
+        status__in=FINAL_STATUSES, pinned=False, finished_at__lt=cutoff
+    ).exclude(Exists(active_child))
 
 
 def prune(
@@ -298,6 +303,9 @@ class FolderRemover:
         self.root = Path(settings.ARTIFACTS_DIR).resolve()
         self.pool = ThreadPoolExecutor(max_workers=REMOVE_THREADS, thread_name_prefix="rm")
         self.pending: deque[tuple[FolderDeletion, list[Future]]] = deque()
+        # Runs that chose their folder (before every run wrote to runs/<id>) can sit inside
+        # a folder removed here: read once, so a batch costs no query per folder.
+        self.chosen = storage.chosen_folders()
 
     def __enter__(self):
         return self
@@ -319,7 +327,13 @@ class FolderRemover:
                 )
             parents: dict[Path, bool] = {}
             futures = [
-                self.pool.submit(self._remove, path, path in in_use, parents)
+                self.pool.submit(
+                    self._remove,
+                    path,
+                    path in in_use,
+                    parents,
+                    storage.artifacts_paths(storage.run_folders_inside(path, chosen=self.chosen)),
+                )
                 for path in deletion.paths
             ]
             self.pending.append((deletion, futures))
@@ -342,13 +356,15 @@ class FolderRemover:
             freed += sum(size for size, _ in results)
         return finished, freed
 
-    def _remove(self, relative: str, in_use: bool, parents: dict) -> tuple[int, bool]:
-
+    def _remove(
+        self, relative: str, in_use: bool, parents: dict, keep: set[Path]
+    ) -> tuple[int, bool]:
+        """Remove one folder, never the live runs' folders inside it (`keep`)."""
         path = None if in_use else _folder(relative, root=self.root, parents=parents)
         if path is None:
             return 0, True
-        freed = remove_tree(path)
-        return freed, not os.path.lexists(path)
+        freed = remove_tree(path, keep=keep)
+        return freed, bool(keep) or not os.path.lexists(path)
 
 
 def record_folder_deletion(run: TunixRun, *, now: datetime | None = None) -> list[FolderDeletion]:
@@ -433,8 +449,10 @@ def _remove_orphan_batch(candidates: list[str], summary: PruneSummary) -> None:
         TunixRun.objects.filter(output_dir__in=candidates).values_list("output_dir", flat=True)
     )
     known |= {f"runs/{i}" for i in TunixRun.objects.filter(id__in=ids).values_list("id", flat=True)}
+    chosen = storage.chosen_folders()
     for relative in candidates:
-        if relative in known:
+        # Never a folder that holds a live run's folder (one that chose runs/<uuid>/x).
+        if relative in known or storage.run_folders_inside(relative, chosen=chosen):
             continue
         path = _folder(relative)
         if path is None:

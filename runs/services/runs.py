@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .. import protocol, storage, training
-from ..datasets.selectors import dataset_truncation, truncation_sentence
+from ..datasets.selectors import dataset_truncation, datasets_visible, truncation_sentence
 from ..datasets.services import dataset_check
 from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
@@ -99,16 +99,20 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
         model = training.parse_model_ref(request.model_id)
     except training.ModelRefError as exc:
         fields["model_id"] = str(exc)
-    output_dir, output_path = request.output_dir or f"runs/{run_id}", None
-    try:
-        if len(output_dir) > 200:
-            raise UnsafePath("must be at most 200 characters")
-        output_path = safe_relative(Path(settings.ARTIFACTS_DIR), output_dir)
-        output_dir = str(output_path.relative_to(Path(settings.ARTIFACTS_DIR).resolve()))
-        if TunixRun.objects.filter(output_dir=output_dir).exists() or output_path.exists():
-            fields["output_dir"] = "This output folder is already in use."
-    except UnsafePath as exc:
-        fields["output_dir"] = f"Output folder {exc}."
+    # Every run's folder is runs/<id>: no run's folder can contain or sit inside another's,
+    # which a free choice of folder could not promise (see README, "Security").
+    output_dir, output_path = f"runs/{run_id}", None
+    if request.output_dir is not None:
+        fields["output_dir"] = (
+            "The output folder cannot be chosen: every run writes to runs/<its id>."
+        )
+    else:
+        try:
+            output_path = safe_relative(Path(settings.ARTIFACTS_DIR), output_dir)
+            if output_path.exists():
+                fields["output_dir"] = "This output folder is already in use."
+        except UnsafePath as exc:  # the artifacts root itself is a symlink loop or similar
+            fields["output_dir"] = f"Output folder {exc}."
     if len(request.name) > 200:
         fields["name"] = "At most 200 characters."
     if fields:
@@ -116,11 +120,12 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
     return _Checked(hp, timeout, model, output_dir, output_path)
 
 
-def _check_dataset(request: RunRequest, *, read_file: bool):
+def _check_dataset(request: RunRequest, *, owner, read_file: bool):
     """(dataset or None, problem or None, validation report or None). A dry-run records the
-    problem; a local run refuses to queue (InvalidInput)."""
+    problem; a local run refuses to queue (InvalidInput). Another user's private dataset
+    is unknown here, as everywhere."""
     key = request.dataset_key
-    dataset = Dataset.objects.filter(key=key).first() if key else None
+    dataset = datasets_visible(owner).filter(key=key).first() if key else None
     report = None
     if dataset is None:
         problem = f"Unknown dataset '{str(key)[:160]}'."
@@ -151,7 +156,7 @@ def run_plan(
     """
     run_id = uuid.uuid4()
     checked = _check_request(request, run_id)
-    dataset, problem, report = _check_dataset(request, read_file=check_dataset)
+    dataset, problem, report = _check_dataset(request, owner=owner, read_file=check_dataset)
     status = training.probe() if command is None else None
     if request.mode == RunMode.LOCAL and status is not None and not status.available:
         raise TunixUnavailable(status.message)
@@ -217,12 +222,20 @@ def run_create(
     with transaction.atomic():
         _queue_lock()
         _check_queue_limits(owner)
+        if parent is not None and not _lock_parent(parent):
+            raise Conflict("The run to continue from was deleted meanwhile.")
         run.status = RunStatus.PENDING
         run.phase = protocol.PHASE_QUEUED
         run.enqueued_at = timezone.now()
         _run_insert(run)
         transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
+
+
+def _lock_parent(parent: TunixRun) -> bool:
+    """Lock the run a child continues from until the child is recorded: a delete or a
+    retention pass (which lock it too) then sees the active child and keeps the parent."""
+    return TunixRun.objects.select_for_update().filter(id=parent.id).exists()
 
 
 def _finish_dry_run(plan: RunPlan) -> None:
