@@ -75,7 +75,7 @@ def _source(request, run_id: str):
 )
 def evaluation_create(request, run_id: str, payload: EvaluationIn | None = None):
     payload = payload or EvaluationIn()
-    dataset = dataset_get(payload.dataset_key) if payload.dataset_key else None
+    dataset = dataset_get(payload.dataset_key, user=request.auth) if payload.dataset_key else None
     settings = payload.dict(exclude={"dataset_key"}, exclude_none=True)
     job = services.evaluation_create(
         run=_source(request, run_id), owner=request.auth, dataset=dataset, generation=settings
