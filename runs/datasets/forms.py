@@ -38,13 +38,15 @@ class DatasetUploadForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # An htmx swap after an error keeps this very input, so the chosen file stays.
-        self.fields["file"].widget.attrs["hx-preserve"] = "true"
+        # An htmx swap after an error keeps these very inputs: the chosen file stays chosen
+        # (a browser cannot put it back), and the name remembers it came from the file.
+        for name in ("file", "name"):
+            self.fields[name].widget.attrs["hx-preserve"] = "true"
         # An existing name-version (and a bad name) is reported as the user types, before
         # any byte is uploaded; the answer swaps both fields' error lists out of band.
         check = {
             "hx-get": reverse("datasets:upload-check"),
-            "hx-trigger": "keyup changed delay:400ms, change",
+            "hx-trigger": "input changed delay:400ms, change",
             "hx-include": "#id_name, #id_version",
             "hx-swap": "none",
         }
