@@ -60,6 +60,10 @@ def test_revoking_in_the_admin_stops_the_token_at_once(admin_client, user):
     assert b"Revoked 1 token(s)" in response.content
     record.refresh_from_db()
     assert record.revoked_at is not None
+    page = admin_client.get(LIST).content.decode()
+    assert '<td class="field-revoked">yes, ' in page
+    assert admin_client.get(LIST, {"revoked": "no"}).content.decode().count("field-revoked") == 0
+    assert admin_client.get(LIST, {"revoked": "yes"}).content.decode().count("field-revoked") == 1
     assert ApiClient(token).get("/api/tunix/runs").status_code == 401
 
 
@@ -79,6 +83,9 @@ def test_the_token_list_shows_last_use_and_state(admin_client, user):
     ApiClient(token).get("/api/tunix/runs")
     page = admin_client.get(LIST).content.decode()
     assert "nightly" in page and "alice" in page
+    assert '<td class="field-revoked">no</td>' in page and "By revoked" in page
+    assert "icon-yes.svg" not in page and "icon-no.svg" not in page
+    assert ">API tokens<" in admin_client.get("/admin/").content.decode()
     assert ApiToken.objects.get().last_used_at is not None
 
 

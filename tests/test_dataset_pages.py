@@ -11,6 +11,7 @@ from django.urls import reverse
 from runs.datasets import selectors as dataset_selectors
 from runs.models import Dataset
 
+from .conftest import SAMPLE, import_dataset
 from .test_dataset_validation import CHAT, PAIR, jsonl
 
 pytestmark = pytest.mark.django_db
@@ -47,11 +48,82 @@ def test_dataset_pages_need_a_login(client, name):
 
 
 def test_the_list_shows_each_dataset_with_its_rows(browser_client, dataset):
-    page = browser_client.get(reverse("datasets:list")).content.decode()
+    response = browser_client.get(reverse("datasets:list"))
+    page = response.content.decode()
     assert 'href="/datasets/sample-v1/"' in page
     assert '<td class="num">240</td>' in page
     assert 'href="/datasets/upload/"' in page
-    assert 'href="/static/runs/datasets.css"' in page
+    # The run list's vocabulary and conventions: no stylesheet of its own, filters that
+    # apply on their own through htmx (a button only without JavaScript), Vary.
+    assert "datasets.css" not in page and "ds-" not in page
+    assert '<form class="filters card"' in page and 'hx-target="#results"' in page
+    assert '<noscript><button type="submit">Filter</button></noscript>' in page
+    assert "HX-Request" in response["Vary"]
+
+
+def test_an_htmx_filter_gets_only_the_results_and_a_plain_one_the_page(browser_client, dataset):
+    import_dataset(name="other", path=SAMPLE)
+    url = reverse("datasets:list")
+    fragment = browser_client.get(url, {"q": "other"}, headers={"HX-Request": "true"})
+    text = fragment.content.decode()
+    assert text.lstrip().startswith('<section id="results"') and "<html" not in text
+    assert "other-v1" in text and "sample-v1" not in text
+    assert "HX-Request" in fragment["Vary"]
+    page = browser_client.get(url, {"q": "other"}).content.decode()
+    assert "<html" in page and "other-v1" in page and "sample-v1" not in page
+    none = browser_client.get(url, {"q": "nothing-like-it"}, headers={"HX-Request": "true"})
+    assert "No datasets match these filters." in none.content.decode()
+    # A history restore asks for the whole page.
+    restore = {"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    assert "<html" in browser_client.get(url, headers=restore).content.decode()
+
+
+def test_the_name_is_taken_from_the_file_name_when_left_empty(browser_client):
+    body = {"name": "", "version": "v1", "file": SimpleUploadedFile("my-data.jsonl", jsonl(PAIR))}
+    response = browser_client.post(reverse("datasets:upload"), body)
+    assert response.status_code == 302 and response["Location"] == "/datasets/my-data-v1/"
+    assert Dataset.objects.get().name == "my-data"
+
+
+def test_a_name_taken_from_the_file_is_still_validated_and_shown(browser_client, settings):
+    body = {"name": "", "version": "v1", "file": SimpleUploadedFile("my data.jsonl", jsonl(PAIR))}
+    response = browser_client.post(reverse("datasets:upload"), body)
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert 'value="my data"' in page
+    assert "Use 1-100 letters, digits" in page
+    # A whole page cannot keep a chosen file: it says so.
+    assert "Choose the file again" in page
+    assert nothing_stored(settings)
+
+
+def test_an_htmx_error_keeps_the_file_input_and_does_not_ask_to_choose_again(browser_client):
+    response = post_upload(browser_client, jsonl({"prompt": "y"}), htmx=True)
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert 'type="file" name="file"' in page and 'hx-preserve="true"' in page
+    assert "Choose the file again" not in page
+
+
+def test_the_upload_check_reports_an_existing_name_version_before_the_upload(
+    browser_client, dataset
+):
+    url = reverse("datasets:upload-check")
+    taken = browser_client.get(url, {"name": "sample", "version": "v1"}).content.decode()
+    assert '<ul id="errors-version" class="errors" aria-live="polite" hx-swap-oob="true">' in taken
+    assert "sample-v1 already exists: choose another version or name." in taken
+    assert (
+        '<ul id="errors-name" class="errors" aria-live="polite" hx-swap-oob="true"></ul>' in taken
+    )
+    free = browser_client.get(url, {"name": "sample", "version": "v2"}).content.decode()
+    assert "already exists" not in free and "<li>" not in free
+    from_file = browser_client.get(url, {"name": "", "version": "v1", "filename": "sample.jsonl"})
+    assert "sample-v1 already exists" in from_file.content.decode()
+    bad = browser_client.get(url, {"name": "no way", "version": "v1"}).content.decode()
+    assert "Use 1-100 letters, digits" in bad
+    # The inputs ask it as the user types, without sending the file.
+    form = browser_client.get(reverse("datasets:upload")).content.decode()
+    assert form.count(f'hx-get="{url}"') == 2 and 'hx-include="#id_name, #id_version"' in form
 
 
 def test_the_upload_form_posts_with_htmx_and_shows_progress(browser_client):
@@ -59,6 +131,7 @@ def test_the_upload_form_posts_with_htmx_and_shows_progress(browser_client):
     assert 'hx-post="/datasets/upload/"' in page and 'hx-encoding="multipart/form-data"' in page
     assert 'enctype="multipart/form-data"' in page  # works without JavaScript too
     assert "<progress" in page and "runs/datasets.js" in page
+    assert 'data-check-url="/datasets/upload/check/"' in page
 
 
 def test_a_valid_upload_redirects_to_its_preview(browser_client):
@@ -117,7 +190,9 @@ def test_the_upload_still_checks_csrf(user, settings):
 def test_uploading_an_existing_version_is_409(browser_client, dataset):
     response = post_upload(browser_client, jsonl(PAIR), name="sample", version="v1")
     assert response.status_code == 409
-    assert "already exists; versions are immutable" in response.content.decode()
+    page = response.content.decode()
+    assert "already exists; versions are immutable" in page
+    assert "sample-v1 already exists: choose another version or name." in page  # on the field
 
 
 def test_the_preview_shows_rows_as_data_and_as_masked_training_text(browser_client, settings):
@@ -159,7 +234,8 @@ def test_an_htmx_preview_request_gets_only_the_preview_fragment(browser_client, 
     page = response.content.decode()
     assert response.status_code == 200
     assert page.lstrip().startswith('<div id="preview">') and "<html" not in page
-    assert page.count('class="ds-card ds-row"') == 2
+    assert page.count('class="card ds-row"') == 2
+    assert "HX-Request" in response["Vary"]
     assert "&lt;|im_start|&gt;user" in page
 
 

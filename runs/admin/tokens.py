@@ -6,11 +6,26 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
+from django.utils.formats import date_format
+from django.utils.timezone import localtime
 
 from runs import services
 from runs.models import ApiToken
 
-_SHOWN_FIELDS = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+_SHOWN_FIELDS = ("prefix", "user", "name", "created_at", "last_used_at", "revoked")
+
+
+class RevokedFilter(admin.SimpleListFilter):
+    title = "revoked"
+    parameter_name = "revoked"
+
+    def lookups(self, request, model_admin):
+        return (("no", "No"), ("yes", "Yes"))
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(revoked_at__isnull=self.value() == "no")
+        return queryset
 
 
 class ApiTokenCreateForm(forms.ModelForm):
@@ -22,16 +37,18 @@ class ApiTokenCreateForm(forms.ModelForm):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "active")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "created_at")
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked")
+    list_filter = (RevokedFilter, "created_at")
     search_fields = ("prefix", "name", "user__username")
     list_select_related = ("user",)
     ordering = ("-created_at",)
     actions = ("revoke_tokens",)
 
-    @admin.display(boolean=True, description="active", ordering="revoked_at")
-    def active(self, token: ApiToken) -> bool:
-        return token.is_active
+    @admin.display(description="Revoked", ordering="revoked_at")
+    def revoked(self, token: ApiToken) -> str:
+        if token.revoked_at is None:
+            return "no"
+        return f"yes, {date_format(localtime(token.revoked_at), 'Y-m-d H:i')}"
 
     # A token is created (never typed in) and then only read or revoked.
     def get_form(self, request, obj=None, **kwargs):

@@ -42,6 +42,21 @@ def _check_import_fields(name, version, declared_format, description) -> None:
         raise InvalidInput("The dataset name, version or format is not valid.", fields=fields)
 
 
+def dataset_import_check(
+    *, name: str, version: str, declared_format: str | None = None, description: str = ""
+) -> None:
+    """What an import would refuse before reading any of its file: bad fields (422) or an
+    existing name-version (409). The upload page asks this as the user types; the import
+    asks it again (and the unique constraint has the last word on a race)."""
+    _check_import_fields(name, version, declared_format, description)
+    key = f"{name}-{version}"
+    if Dataset.objects.filter(Q(key=key) | Q(name=name, version=version)).exists():
+        raise Conflict(
+            f"Dataset {key} already exists; versions are immutable.",
+            fields={"version": f"{key} already exists: choose another version or name."},
+        )
+
+
 def dataset_import(
     *,
     source: IO[bytes] | Iterable[bytes],
@@ -61,10 +76,10 @@ def dataset_import(
     """
     name = name.strip() if isinstance(name, str) else name
     version = version.strip() if isinstance(version, str) else version
-    _check_import_fields(name, version, declared_format, description)
+    dataset_import_check(
+        name=name, version=version, declared_format=declared_format, description=description
+    )
     key = f"{name}-{version}"
-    if Dataset.objects.filter(Q(key=key) | Q(name=name, version=version)).exists():
-        raise Conflict(f"Dataset {key} already exists; versions are immutable.")
 
     root = Path(settings.DATASETS_DIR).resolve()
     final_path = safe_relative(root, f"{name}/{version}.jsonl")

@@ -8,7 +8,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -19,11 +18,12 @@ from django_htmx.http import HttpResponseClientRedirect
 from runs import hyperparameters, protocol, selectors, training
 from runs.datasets import selectors as dataset_selectors
 from runs.datasets import services as dataset_services
-from runs.datasets.forms import DatasetUploadForm
+from runs.datasets.forms import DatasetUploadForm, name_from_filename
 from runs.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceError
 from runs.hyperparameters import format_number
 from runs.models import Dataset
 from runs.pages import charts
+from runs.pages.rendering import login_required, render_page
 
 _SEQ = hyperparameters.HYPERPARAMETERS["max_seq_length"]
 PREVIEW_ROWS_MAX = 50
@@ -39,19 +39,26 @@ def _dataset_or_404(key: str, user) -> Dataset:
 @login_required
 @require_GET
 def dataset_list(request):
-    fmt = request.GET.get("format") or None
-    if fmt not in (None, *Dataset.Format.values):
-        fmt = None
-    found = dataset_selectors.datasets_list(
-        user=request.user, q=request.GET.get("q") or None, format=fmt
-    )
+    """The list with its filters; an htmx request (a filter changed) gets only the results."""
+    fmt = request.GET.get("format") or ""
+    if fmt not in Dataset.Format.values:
+        fmt = ""
+    q = request.GET.get("q", "")[:100]
+    found = dataset_selectors.datasets_list(user=request.user, q=q or None, format=fmt or None)
     try:
-        number = int(request.GET.get("page", "1"))
+        number = max(1, min(int(request.GET.get("page", "1")), 1_000_000))
     except ValueError:
         number = 1
     page = selectors.paginate(found, page=number, page_size=25)
-    context = {"page": page, "formats": Dataset.Format.choices, "format": fmt or ""}
-    return render(request, "datasets/list.html", context)
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "page": page,
+        "formats": Dataset.Format.choices,
+        "filters": {"q": q, "format": fmt},
+        "query": query.urlencode(),
+    }
+    return render_page(request, "datasets/list.html", context, fragment="results")
 
 
 # The CSRF check reads request.POST, which parses the upload; it runs inside, so that an
@@ -97,14 +104,38 @@ def _dataset_upload(request):
 
 
 def _render_upload(request, form, *, status: int = 200, upload_error: str = ""):
-    template = "datasets/upload.html#upload-form" if request.htmx else "datasets/upload.html"
     context = {
         "form": form,
         "upload_error": upload_error,
+        # An htmx swap keeps the file input as it was; a whole page cannot keep a file.
+        "choose_again": request.method == "POST" and not request.htmx,
         "max_bytes": settings.DATASET_MAX_BYTES,
         "max_line_bytes": settings.DATASET_MAX_LINE_BYTES,
     }
-    return render(request, template, context, status=status)
+    return render_page(
+        request, "datasets/upload.html", context, fragment="upload-form", status=status
+    )
+
+
+@login_required
+@require_GET
+def dataset_upload_check(request):
+    """Before the upload starts: the name's and the version's errors as the user types
+    (an existing name-version among them), swapped out of band beside each field. An empty
+    name is taken from `filename`, as the upload itself would."""
+    name = request.GET.get("name", "").strip() or name_from_filename(
+        request.GET.get("filename", "")
+    )
+    version = request.GET.get("version", "").strip()
+    errors: dict[str, str] = {}
+    if name and version:
+        try:
+            dataset_services.dataset_import_check(name=name, version=version)
+        except ServiceError as exc:
+            errors = {key: exc.fields[key] for key in ("name", "version") if key in exc.fields}
+    form = DatasetUploadForm()
+    fields = [(form[key], [errors[key]] if key in errors else []) for key in ("name", "version")]
+    return render(request, "datasets/upload.html#check", {"fields": fields})
 
 
 def _preview_options(request) -> tuple[dict[str, Any], dict[str, str]]:
@@ -183,8 +214,13 @@ def _render_detail(request, dataset: Dataset, *, fragment: bool = False, status:
             "rows_max": PREVIEW_ROWS_MAX,
         }
     )
-    template = "datasets/detail.html#preview" if fragment else "datasets/detail.html"
-    return render(request, template, context, status=status)
+    return render_page(
+        request,
+        "datasets/detail.html",
+        context,
+        fragment="preview" if fragment else None,
+        status=status,
+    )
 
 
 def _can_delete(user, dataset: Dataset) -> bool:

@@ -7,18 +7,12 @@ and htmx swaps the same markup in place.
 
 from __future__ import annotations
 
-from functools import wraps
-from urllib.parse import urlencode
-
-from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required as django_login_required
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render, resolve_url
+from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
 
 from runs import selectors, services, storage, training
 from runs.errors import (
@@ -33,39 +27,12 @@ from runs.errors import (
 from runs.models import RunMode, RunStatus
 from runs.pages import charts, run_page
 from runs.pages.forms import RunForm
+from runs.pages.rendering import HTMX_STOP_POLLING, login_required
+from runs.pages.rendering import is_fragment as _fragment
+from runs.pages.rendering import render_page as _render
 
-# htmx stops polling an element whose response has this status (and still swaps it).
-HTMX_STOP_POLLING = 286
 LOG_TAIL_CHUNKS = 500
 LOG_POLL_CHUNKS = 500
-
-
-def login_required(view):
-    """Django's login_required, except that an htmx request whose session ended sends the
-    whole page to the login form, instead of swapping the login form into a fragment."""
-    protected = django_login_required(view)
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if request.htmx and not request.user.is_authenticated:
-            back = request.htmx.current_url_abs_path or resolve_url("runs:list")
-            login = resolve_url(settings.LOGIN_URL)
-            return HttpResponseClientRedirect(f"{login}?{urlencode({'next': back})}")
-        return protected(request, *args, **kwargs)
-
-    return wrapper
-
-
-def _fragment(request) -> bool:
-    """An htmx request for a fragment. A history restore wants the whole page."""
-    return bool(request.htmx) and not request.htmx.history_restore_request
-
-
-def _render(request, template, context, *, fragment=None, status=200):
-    name = f"{template}#{fragment}" if fragment and _fragment(request) else template
-    response = render(request, name, context, status=status)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
 
 
 def _run(request, run_id):
