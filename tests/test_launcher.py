@@ -210,7 +210,8 @@ def test_a_resumed_run_continues_counting_steps_from_the_parent_checkpoint(
     code, events, stderr = launch(run_dir, config)
 
     assert code == 0, stderr[-3000:]
-    assert of_kind(events, "resumed") == [{"event": "resumed", "from_step": 10}]
+    [resumed] = of_kind(events, "resumed")
+    assert resumed["from_step"] == 10 and resumed["to_step"] == 20 and resumed["steps"] == 10
     progress = of_kind(events, "progress")
     metrics = of_kind(events, "metric")
     assert progress[0]["step"] > 10

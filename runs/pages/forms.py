@@ -26,6 +26,13 @@ def _label(name: str) -> str:
 
 
 def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Field:
+    if bound.choices:
+        return forms.ChoiceField(
+            label=_label(name),
+            choices=[(value, value) for value in bound.choices],
+            initial=bound.default,
+            help_text=bound.help,
+        )
     bounds = f"{bound.minimum:g} to {bound.maximum:g}"
     help_text = f"{bound.help} {bounds}" + ("; empty for no limit." if bound.optional else ".")
     common = {

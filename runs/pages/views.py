@@ -387,7 +387,9 @@ def run_continue(request, run_id):
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("runs:detail", run_id=run.id)
-    messages.success(request, f"Continuing from step {child.resume_from_step}: run queued.")
+    plan = child.environment.get("plan") or {}
+    what = services.plan_sentence(plan) if "from_step" in plan else ""
+    messages.success(request, f"Run queued. {what}".strip())
     return redirect("runs:detail", run_id=child.id)
 
 

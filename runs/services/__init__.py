@@ -6,6 +6,7 @@ Modules: `runs` (creation: plan, create, rerun, resume), `lifecycle` (enqueue, c
 prepare, supervise, finish, cancel, reap), `deletion` (delete, prune, pin), `retention` (the
 batched pruning behind `runs_prune`), `tokens`, `schedules`."""
 
+from ..formatting import plan_sentence
 from .deletion import run_delete, run_set_pinned, runs_prune, runs_prune_expired
 from .lifecycle import (
     reaper_loop,
@@ -18,13 +19,22 @@ from .lifecycle import (
     run_prepare,
     runs_reap,
 )
-from .runs import RunPlan, RunRequest, run_create, run_plan, run_request, run_rerun, run_resume
+from .runs import (
+    RunPlan,
+    RunRequest,
+    run_create,
+    run_plan,
+    run_request,
+    run_rerun,
+    run_resume,
+)
 from .schedules import schedules_ensure
 from .tokens import api_token_authenticate, api_token_create, api_token_revoke, token_hash
 
 __all__ = [
     "RunPlan",
     "RunRequest",
+    "plan_sentence",
     "run_plan",
     "run_create",
     "run_request",
