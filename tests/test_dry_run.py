@@ -66,10 +66,23 @@ def test_dry_run_with_invalid_rows_names_the_line(run_factory, settings):
     assert "line 3: missing field 'final_answer'" in run.message
 
 
-@pytest.mark.parametrize("name", sorted(HYPERPARAMETERS))
+@pytest.mark.parametrize("name", sorted(n for n, b in HYPERPARAMETERS.items() if b.choices))
+def test_every_choice_setting_takes_its_choices_and_nothing_else(run_factory, name):
+    for value in HYPERPARAMETERS[name].choices:
+        run = run_factory(**{name: value})
+        assert run.status == RunStatus.COMPLETED and getattr(run, name) == value
+    for bad in ("nope", 1, None):
+        if bad is None:
+            continue
+        with pytest.raises(InvalidInput) as err:
+            run_factory(**{name: bad})
+        assert HYPERPARAMETERS[name].describe() in err.value.fields[name]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, b in HYPERPARAMETERS.items() if not b.choices))
 def test_every_hyperparameter_is_checked_below_at_and_above_its_bounds(run_factory, name):
     bound = HYPERPARAMETERS[name]
-    step = 1 if bound.kind is int else bound.minimum / 10
+    step = 1 if bound.kind is int else (bound.minimum / 10 or 0.1)
     low, high = bound.minimum, bound.maximum
     assert run_factory(**{name: low}).status == RunStatus.COMPLETED
     assert run_factory(**{name: high}).status == RunStatus.COMPLETED

@@ -266,21 +266,21 @@ def ordinal(n: int) -> str:
 
 
 def truncation_sentence(figures: dict[str, Any], long_completions: str = "drop") -> str:
-    """'3 of 240 rows (1.2%) are longer than max_seq_length=512 (tokens): ...'."""
+    """'3 of 240 rows (1.2%) would be truncated at max_seq_length=512 (tokens). ...'."""
     rows, truncated = figures["rows"], figures["truncated_rows"]
     sentence = (
         f"{truncated} of {rows} rows ({100 * figures['truncated_share']:.1f}%) would be "
-        f"truncated at max_seq_length={figures['max_seq_length']} ({figures['unit']})"
+        f"truncated at max_seq_length={figures['max_seq_length']} ({figures['unit']})."
     )
     if truncated:
-        sentence += ", the start of the prompt first, so answers keep their end-of-turn token"
+        sentence += " Prompts lose their start first, so answers keep their end-of-turn token."
     if figures["dropped_rows"]:
         dropped = figures["dropped_rows"]
         fate = "dropped" if long_completions == "drop" else "kept with the answer cut"
         sentence += (
-            f"; {dropped} of them {fate} because the answer alone does not fit"
+            f" {dropped} rows would be {fate}: the answer alone does not fit."
             if dropped != 1
-            else f"; 1 of them {fate} because its answer alone does not fit"
+            else f" 1 row would be {fate}: its answer alone does not fit."
         )
     rendered = f" Rendered with {figures['chat_template']}." if "chat_template" in figures else ""
-    return f"{sentence}. {figures['counted_with']}{rendered}"
+    return f"{sentence} {figures['counted_with']}{rendered}"

@@ -157,7 +157,7 @@ def tokenize_rows(
         ids, mask, tail = _encode(tokenizer, renderer.segments(row))
         if len(ids) <= max_seq_length:
             out.fit += 1
-        elif tail + (ids[0] in bos) > max_seq_length:
+        elif tail > max_seq_length:
             if not keep_long:
                 out.long_dropped += 1
                 continue
@@ -165,7 +165,8 @@ def tokenize_rows(
             ids, mask = _keep_answer_start(ids, mask, tail, max_seq_length, ids[0] in bos)
         else:
             out.prompt_cut += 1
-            head = 1 if ids[0] in bos else 0
+            # The BOS stays unless the answer needs its place too.
+            head = 1 if ids[0] in bos and tail < max_seq_length else 0
             keep = max_seq_length - head
             ids, mask = ids[:head] + ids[-keep:], mask[:head] + mask[-keep:]
         # The loss predicts token t from tokens < t, so a row needs a trained token
