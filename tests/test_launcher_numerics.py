@@ -108,3 +108,35 @@ def test_a_tiny_model_trains_in_bf16_and_fp32_with_lora_changing_every_step(work
             for name, value in before.items():
                 changed = float((value != after[name]).mean())
                 assert changed > 0.9, f"{family} {dtype} {name}: only {changed:.0%} changed"
+
+
+@pytest.mark.tunix
+def test_eval_loss_is_the_same_for_eval_batch_sizes_1_2_and_7(workspace):
+    """The per-token mean over the whole split does not depend on how it is batched."""
+    from runs.launcher.config import load_config
+    from runs.launcher.data import make_batches
+    from runs.launcher.evaluation import evaluate
+    from runs.launcher.train import build_mesh, load_model, prepare
+
+    model_dir = tiny_model(workspace, "qwen2", "float32")
+    run_dir = workspace / "eval-batches"
+    run_dir.mkdir()
+    config = make_config(run_dir, model_dir, workspace / "train.jsonl", max_seq_length=64)
+    config["model"]["family"] = "qwen2"
+    config["dataset"]["eval_fraction"] = 0.3
+    (run_dir / "config.json").write_text(json.dumps(config))
+    config = load_config(str(run_dir / "config.json"))
+    prep = prepare(config)
+    examples = prep.eval_examples
+    assert len(examples) == 12
+    order = list(range(len(examples)))
+    mesh = build_mesh()
+    with mesh:
+        model = load_model(config, prep, mesh)
+        results = [
+            evaluate(model, list(make_batches(examples, size, prep.seq_len, order)))
+            for size in (1, 2, 7)
+        ]
+    losses = [loss for loss, _ in results]
+    assert len({tokens for _, tokens in results}) == 1
+    assert max(losses) - min(losses) < 1e-5, losses

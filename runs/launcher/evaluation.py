@@ -12,7 +12,6 @@ import sys
 
 from runs import protocol
 
-
 _batch_sums = None
 
 

@@ -7,7 +7,6 @@ from ..models import TunixRun
 from .logs import run_metric_series
 from .runs import run_for_user
 
-
 # One training batch's loss is noisy; compare a mean of the last steps instead.
 FINAL_WINDOW = 10
 FINAL_TRAIN_LOSS = f"final train/loss (mean of the last {FINAL_WINDOW} steps)"
