@@ -4,6 +4,12 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .protocol import COMPUTE_DTYPES, LONG_COMPLETIONS, LR_SCHEDULES
+
+
+def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(value, value) for value in values]
+
 
 class Dataset(models.Model):
     """A registered JSONL training file. `key` is `name-version`; a version never changes."""
@@ -97,6 +103,19 @@ class TunixRun(models.Model):
     lora_alpha = models.FloatField()
     seed = models.PositiveIntegerField()
     eval_every_n_steps = models.PositiveIntegerField()
+    # Added later: defaults are what runs before them did (constant rate, no warmup, a
+    # checkpoint at every evaluation); max_grad_norm 0 is "no clipping", as then.
+    lr_schedule = models.CharField(
+        max_length=16, choices=_choices(LR_SCHEDULES), default="constant"
+    )
+    warmup_steps = models.PositiveIntegerField(default=0)
+    max_grad_norm = models.FloatField(default=0.0)
+    long_completions = models.CharField(
+        max_length=8, choices=_choices(LONG_COMPLETIONS), default="drop"
+    )
+    compute_dtype = models.CharField(max_length=8, choices=_choices(COMPUTE_DTYPES), default="fp32")
+    checkpoint_every_n_steps = models.PositiveIntegerField(default=50)
+    checkpoints_to_keep = models.PositiveIntegerField(default=3)
     timeout_seconds = models.PositiveIntegerField()
 
     # What executes: the resolved config and the exact argv. Stored, never re-derived.

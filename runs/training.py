@@ -103,6 +103,29 @@ def _family_from_name(model_id: str) -> str:
     )
 
 
+def checkpoint_check(model: ModelRef) -> tuple[dict, list[str]]:
+    """(config.json fields read, reasons the launcher would refuse) of a local checkpoint."""
+    try:
+        hf = json.loads((Path(model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}, []
+    if not isinstance(hf, dict):
+        return {}, []
+    if isinstance(hf.get("text_config"), dict):
+        hf = {**hf, **hf["text_config"]}
+    return protocol.model_config_check(model.family, hf)
+
+
+def template_name(model: ModelRef) -> str:
+    """Which chat template a run renders with (a hub model's is known only at launch)."""
+    if model.source == "local" and protocol.read_chat_template(model.path)[0]:
+        return "the checkpoint's own chat_template"
+    builtin = protocol.BUILTIN_TEMPLATE_NAMES[model.family]
+    if model.source != "local":
+        return f"the checkpoint's own chat_template if it has one, else the {builtin}"
+    return f"the {builtin}"
+
+
 def local_models() -> list[str]:
     """References of the local models present, for the run form."""
     root = Path(settings.MODELS_DIR)
@@ -129,7 +152,6 @@ def build_config(
 ) -> dict[str, Any]:
     """The complete config file the launcher reads. Every value is resolved here."""
     hp = hyperparameters
-    eval_every = hp["eval_every_n_steps"]
     return {
         "schema": protocol.SCHEMA_VERSION,
         "run_id": run_id,
@@ -144,6 +166,8 @@ def build_config(
             "key": dataset_key,
             "sha256": dataset_sha256,
             "eval_fraction": protocol.EVAL_FRACTION,
+            # From the dataset, not the run: runs on a dataset share their held-out rows.
+            "split_seed": protocol.split_seed(dataset_sha256),
         },
         "training": {
             "learning_rate": hp["learning_rate"],
@@ -151,11 +175,17 @@ def build_config(
             "batch_size": hp["batch_size"],
             "max_seq_length": hp["max_seq_length"],
             "max_steps": hp["max_steps"],
-            "eval_every_n_steps": eval_every,
+            "eval_every_n_steps": hp["eval_every_n_steps"],
             "seed": hp["seed"],
             "weight_decay": 0.0,
             "gradient_accumulation_steps": 1,
-            "checkpoint_every_n_steps": eval_every,
+            "checkpoint_every_n_steps": hp["checkpoint_every_n_steps"],
+            "max_checkpoints_to_keep": hp["checkpoints_to_keep"],
+            "lr_schedule": hp["lr_schedule"],
+            "warmup_steps": hp["warmup_steps"],
+            "max_grad_norm": hp["max_grad_norm"],
+            "compute_dtype": hp["compute_dtype"],
+            "long_completions": hp["long_completions"],
         },
         "lora": {
             "enabled": hp["lora_rank"] > 0,

@@ -138,7 +138,9 @@ def test_the_model_has_a_field_of_the_right_kind_for_every_hyperparameter():
         assert name in fields, f"TunixRun has no field {name}"
         field = fields[name]
         assert field.null == bound.optional, name
-        kind = "FloatField" if bound.kind is float else "PositiveIntegerField"
+        kind = {float: "FloatField", int: "PositiveIntegerField", str: "CharField"}[bound.kind]
         assert field.get_internal_type() == kind, name
+        if bound.choices:
+            assert [value for value, _ in field.choices] == list(bound.choices), name
         if bound.kind is int:
             assert bound.minimum >= 0 and bound.maximum <= 2**31 - 1, name

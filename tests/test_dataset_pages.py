@@ -203,7 +203,7 @@ def test_the_preview_shows_rows_as_data_and_as_masked_training_text(browser_clie
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     masked = (
         '<span class="ds-masked" title="prompt: masked from the loss">&lt;|begin_of_text|&gt;'
-        "&lt;|start_header_id|&gt;user&lt;|end_header_id|&gt;\n\n&lt;script&gt;"
+        "&lt;|start_header_id|&gt;system&lt;|end_header_id|&gt;\n\nCutting Knowledge Date"
     )
     assert masked in page
     assert '<span class="ds-trained" title="completion: trained on">done &amp; dusted' in page
@@ -223,7 +223,8 @@ def test_the_preview_counts_tokens_for_a_local_model_with_a_tokenizer(
     page = browser_client.get(
         f"/datasets/sample-v1/?model_id={tokenizer_model}&max_seq_length=64"
     ).content.decode()
-    assert "(tokens). Counted in tokens with the tokenizer of local:tiny-llama3." in page
+    assert "at max_seq_length=64 (tokens)." in page
+    assert "Counted in tokens with the tokenizer of local:tiny-llama3." in page
     assert f'<option value="{tokenizer_model}" selected>' in page
 
 

@@ -166,6 +166,11 @@ def test_only_the_owner_or_staff_may_delete_a_dataset(
 # --- rendered training text -------------------------------------------------------------
 
 LLAMA_USER = "<|start_header_id|>user<|end_header_id|>\n\n"
+# Llama 3.1's official template always opens with a system header holding these dates.
+LLAMA_SYSTEM = (
+    "<|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+)
 LLAMA_ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
@@ -174,19 +179,21 @@ LLAMA_ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
     [
         (
             PAIR,
-            f"<|begin_of_text|>{LLAMA_USER}Say hi.<|eot_id|>{LLAMA_ASSISTANT}",
+            f"<|begin_of_text|>{LLAMA_SYSTEM}<|eot_id|>{LLAMA_USER}Say hi.<|eot_id|>"
+            f"{LLAMA_ASSISTANT}",
             "Hi!<|eot_id|>",
         ),
         (
             # Steps are written in index order whatever their order in the file.
             REASONING | {"steps": list(reversed(REASONING["steps"]))},
-            f"<|begin_of_text|>{LLAMA_USER}What is 2 + 3?<|eot_id|>{LLAMA_ASSISTANT}",
+            f"<|begin_of_text|>{LLAMA_SYSTEM}<|eot_id|>{LLAMA_USER}What is 2 + 3?<|eot_id|>"
+            f"{LLAMA_ASSISTANT}",
             "Step 1 (restate): Add 2 and 3.\nStep 2 (compute): 2 + 3 = 5.\nFinal answer: 5"
             "<|eot_id|>",
         ),
         (
             CHAT,
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            f"<|begin_of_text|>{LLAMA_SYSTEM}Be brief.<|eot_id|>"
             f"{LLAMA_USER}Capital of France?<|eot_id|>{LLAMA_ASSISTANT}",
             "Paris.<|eot_id|>",
         ),
@@ -197,9 +204,12 @@ def test_each_format_renders_to_the_llama3_training_text(row, prompt, completion
     [preview] = dataset_selectors.dataset_preview_rows(dataset, family="llama3")
     assert (preview["line"], preview["data"]) == (1, row)
     assert (preview["prompt"], preview["completion"]) == (prompt, completion)
+    # The launcher's training file holds the conversation; rendering it gives that text.
     target = settings.ARTIFACTS_DIR / "train.jsonl"
     dataset_services.dataset_render_to(dataset, "llama3", target)
-    assert json.loads(target.read_text()) == {"prompt": prompt, "completion": completion}
+    messages = json.loads(target.read_text())["messages"]
+    rendered = protocol.split_segments(protocol.render_chat("llama3", messages))
+    assert rendered == (prompt, completion)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +217,8 @@ def test_each_format_renders_to_the_llama3_training_text(row, prompt, completion
     [
         (
             "gemma3",
-            "<bos><start_of_turn>user\nBe brief.<end_of_turn>\n<start_of_turn>user\n"
+            # Gemma's official template opens the first user turn with the system text.
+            "<bos><start_of_turn>user\nBe brief.\n\n"
             "Capital of France?<end_of_turn>\n<start_of_turn>model\n",
             "Paris.<end_of_turn>\n",
         ),
@@ -215,7 +226,8 @@ def test_each_format_renders_to_the_llama3_training_text(row, prompt, completion
             "qwen3",
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCapital of France?"
             "<|im_end|>\n<|im_start|>assistant\n",
-            "Paris.<|im_end|>\n",
+            # Qwen 3's official template writes an empty think block before the last answer.
+            "<think>\n\n</think>\n\nParis.<|im_end|>\n",
         ),
     ],
 )
@@ -245,13 +257,15 @@ def test_preview_export_and_the_launchers_training_file_are_the_same_text(run_fa
     output, _ = services.run_prepare(run=run)
     trained = (output / protocol.TRAIN_DATA_FILENAME).read_text()
     exported = "".join(dataset_selectors.dataset_rendered_lines(dataset, family=run.model_family))
-    assert exported == trained
-    lines = trained.splitlines()
+    conversations = [json.loads(line)["messages"] for line in trained.splitlines()]
+    rendered = [protocol.render_chat(run.model_family, m) for m in conversations]
+    exported_rows = [json.loads(line) for line in exported.splitlines()]
+    assert [[list(s) for s in r] for r in rendered] == [e["segments"] for e in exported_rows]
     previews = dataset_selectors.dataset_preview_rows(dataset, family=run.model_family, limit=3)
-    assert [{"prompt": p["prompt"], "completion": p["completion"]} for p in previews] == [
-        json.loads(line) for line in lines[:3]
+    assert [p["prompt"] + p["completion"] for p in previews] == [
+        e["prompt"] + e["completion"] for e in exported_rows[:3]
     ]
-    assert len(lines) == dataset.row_count
+    assert len(conversations) == dataset.row_count
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -271,18 +285,18 @@ def test_stats_count_characters_and_say_so_when_the_model_has_no_tokenizer(
         dataset, family=family, model=model, max_seq_length=120
     )
     lengths = []
-    prompts = []
+    answers = []
     for row in rows:
         rendered = rendering.render_row(row, dataset.format, "llama3")
         lengths.append(len(rendered["prompt"]) + len(rendered["completion"]))
-        prompts.append(len(rendered["prompt"]))
+        answers.append(len(rendered["completion"]))
     assert figures["unit"] == "characters"
     assert figures["counted_with"] == (
         "Counted in characters: local:tiny-llama3 has no tokenizer.json."
     )
     assert figures["rows"] == 3
     assert figures["truncated_rows"] == sum(n > 120 for n in lengths)
-    assert figures["dropped_rows"] == sum(n >= 120 for n in prompts)
+    assert figures["dropped_rows"] == sum(n > 120 for n in answers)
     assert (figures["min"], figures["max"]) == (min(lengths), max(lengths))
     assert sum(b["count"] for b in figures["histogram"]) == 3
 
@@ -299,10 +313,10 @@ def test_stats_count_tokens_the_way_the_launcher_does_when_a_tokenizer_is_there(
         for row in validation.iter_rows(storage.dataset_file(dataset))
     ]
     prompts = [len(tokenizer.encode(r["prompt"], add_special_tokens=False).ids) for r in rendered]
-    lengths = [
-        p + len(tokenizer.encode(r["completion"], add_special_tokens=False).ids)
-        for p, r in zip(prompts, rendered, strict=True)
+    answers = [
+        len(tokenizer.encode(r["completion"], add_special_tokens=False).ids) for r in rendered
     ]
+    lengths = [p + a for p, a in zip(prompts, answers, strict=True)]
     max_len = sorted(lengths)[len(lengths) // 2]  # a cut-off inside the distribution
     figures = dataset_selectors.dataset_truncation(
         dataset, family=family, model=model, max_seq_length=max_len
@@ -313,14 +327,21 @@ def test_stats_count_tokens_the_way_the_launcher_does_when_a_tokenizer_is_there(
     assert 0 < figures["truncated_rows"] < dataset.row_count
     assert figures["median"] == sorted(lengths)[119]  # the lower median of 240 rows
     assert figures["max"] == max(lengths)
-    # The launcher's own tokenisation drops exactly the rows counted as dropped.
-    for cut in (max_len, sorted(prompts)[len(prompts) // 2]):
+    # The launcher's own tokenisation drops exactly the rows counted as dropped: those
+    # whose last answer alone does not fit.
+    conversations = [
+        {"messages": rendering.row_messages(row, dataset.format)}
+        for row in validation.iter_rows(storage.dataset_file(dataset))
+    ]
+    for cut in (max_len, sorted(answers)[len(answers) // 2]):
         counted = dataset_selectors.dataset_truncation(
             dataset, family=family, model=model, max_seq_length=cut
         )
-        _, dropped = launcher_data.tokenize_rows(rendered, tokenizer, cut)
-        assert counted["dropped_rows"] == dropped
-    assert dropped > 0
+        out = launcher_data.tokenize_rows(
+            conversations, tokenizer, cut, launcher_data.Renderer(family)
+        )
+        assert counted["dropped_rows"] == out.long_dropped
+    assert out.long_dropped > 0
 
 
 def test_stats_fall_back_to_characters_when_tokenizers_cannot_be_imported(
@@ -358,14 +379,14 @@ def test_an_unknown_model_or_family_is_a_field_error():
 
 
 def test_a_dry_run_reports_the_truncation_figure_for_its_max_seq_length(run_factory):
-    run = run_factory(max_seq_length=300)
+    run = run_factory(max_seq_length=400)
     assert run.status == RunStatus.COMPLETED
     stats = run.environment["dataset_stats"]
-    assert stats["max_seq_length"] == 300 and stats["unit"] == "characters"
+    assert stats["max_seq_length"] == 400 and stats["unit"] == "characters"
     assert 0 < stats["truncated_rows"] < 240
     share = f"{100 * stats['truncated_share']:.1f}%"
     assert f"{stats['truncated_rows']} of 240 rows ({share}) would be truncated" in run.message
-    assert "at max_seq_length=300 (characters)" in run.message
+    assert "at max_seq_length=400 (characters)" in run.message
     assert "Counted in characters: local:tiny-llama3 has no tokenizer.json." in run.message
     run.refresh_from_db()
     assert run.environment["dataset_stats"] == stats
@@ -424,7 +445,12 @@ def test_token_stats_of_a_large_dataset_are_estimated_from_an_even_sample(
     lengths = []
     for row in rows:
         r = rendering.render_row(row, dataset.format, family)
-        lengths.append(sum(len(tokenizer.encode(r[k], add_special_tokens=False).ids) for k in r))
+        lengths.append(
+            sum(
+                len(tokenizer.encode(r[k], add_special_tokens=False).ids)
+                for k in ("prompt", "completion")
+            )
+        )
     share = sum(n > 100 for n in lengths) / 48
     assert figures["truncated_share"] == round(share, 4)
     assert figures["truncated_rows"] == round(share * 240)

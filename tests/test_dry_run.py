@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
+from runs import protocol
 from runs.errors import InvalidInput, TunixUnavailable
 from runs.hyperparameters import HYPERPARAMETERS
 from runs.models import LogChunk, RunStatus, TunixRun
@@ -66,10 +68,23 @@ def test_dry_run_with_invalid_rows_names_the_line(run_factory, settings):
     assert "line 3: missing field 'final_answer'" in run.message
 
 
-@pytest.mark.parametrize("name", sorted(HYPERPARAMETERS))
+@pytest.mark.parametrize("name", sorted(n for n, b in HYPERPARAMETERS.items() if b.choices))
+def test_every_choice_setting_takes_its_choices_and_nothing_else(run_factory, name):
+    for value in HYPERPARAMETERS[name].choices:
+        run = run_factory(**{name: value})
+        assert run.status == RunStatus.COMPLETED and getattr(run, name) == value
+    for bad in ("nope", 1, None):
+        if bad is None:
+            continue
+        with pytest.raises(InvalidInput) as err:
+            run_factory(**{name: bad})
+        assert HYPERPARAMETERS[name].describe() in err.value.fields[name]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, b in HYPERPARAMETERS.items() if not b.choices))
 def test_every_hyperparameter_is_checked_below_at_and_above_its_bounds(run_factory, name):
     bound = HYPERPARAMETERS[name]
-    step = 1 if bound.kind is int else bound.minimum / 10
+    step = 1 if bound.kind is int else (bound.minimum / 10 or 0.1)
     low, high = bound.minimum, bound.maximum
     assert run_factory(**{name: low}).status == RunStatus.COMPLETED
     assert run_factory(**{name: high}).status == RunStatus.COMPLETED
@@ -135,3 +150,39 @@ def test_dry_run_records_the_tunix_probe(run_factory, python_without_tunix, sett
     run = run_factory()
     assert run.environment["tunix_available"] is False
     assert TunixRun.objects.get(id=run.id) == run
+
+
+def test_a_dry_run_states_steps_epochs_and_the_rows_for_training_and_evaluation(run_factory):
+    # The sample dataset has 240 rows: 216 train, 24 held out; batches of 4 make 54.
+    run = run_factory(max_steps=100, batch_size=4)
+    plan = run.environment["plan"]
+    assert (plan["steps"], plan["batches_per_epoch"], plan["epochs"]) == (100, 54, 1.85)
+    assert (plan["train_rows"], plan["eval_rows"]) == (216, 24)
+    assert "Trains 100 steps (1.85 epochs of 216 rows, 54 batches each)" in run.message
+    assert "24 rows held out for evaluation" in run.message
+    assert "per-token mean over the whole held-out split" in run.message
+    assert "Read from config.json: model_type." in run.message
+    assert run.config["dataset"]["split_seed"] == protocol.split_seed(run.dataset_sha256)
+    other = run_factory(max_steps=100, seed=7)
+    assert other.config["dataset"]["split_seed"] == run.config["dataset"]["split_seed"]
+
+
+def test_a_checkpoint_the_launcher_cannot_honour_fails_the_dry_run_and_refuses_to_queue(
+    run_factory, settings
+):
+    folder = Path(settings.MODELS_DIR) / "gemma2-27b"
+    folder.mkdir(parents=True)
+    config = {
+        "model_type": "gemma2",
+        "hidden_size": 4608,
+        "num_attention_heads": 32,
+        "head_dim": 128,
+        "query_pre_attn_scalar": 144,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    run = run_factory(model_id="local:gemma2-27b")
+    assert run.status == RunStatus.FAILED
+    assert "query_pre_attn_scalar=144 differs from head_dim=128" in run.message
+    with pytest.raises(InvalidInput) as err:
+        run_factory(model_id="local:gemma2-27b", mode="local", command=["true"])
+    assert "query_pre_attn_scalar" in err.value.fields["model_id"]

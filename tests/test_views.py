@@ -8,6 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from runs import services
+from runs.hyperparameters import HYPERPARAMETERS
 from runs.models import LogChunk, Metric, RunStatus, TunixRun
 from runs.pages.views import HTMX_STOP_POLLING
 
@@ -54,6 +55,9 @@ def form_data(dataset_key="sample-v1", model_id="local:tiny-llama3", **overrides
         "timeout_seconds": "600",
         "mode": "dry-run",
     }
+    # Settings added later: their defaults, as the form shows them.
+    for name, bound in HYPERPARAMETERS.items():
+        data.setdefault(name, "" if bound.default is None else str(bound.default))
     data.update(overrides)
     return data
 

@@ -21,6 +21,8 @@ def hp(name: str, *, change: bool = False) -> Any:
     JSON `true` is not the integer 1, and "5" is not a number. For a change (rerun), absent
     unless given."""
     bound = HYPERPARAMETERS[name]
+    if bound.choices:
+        return Field(None if change else bound.default, description=bound.help)
     return Field(
         None if change else bound.default,
         ge=bound.minimum,
@@ -30,10 +32,16 @@ def hp(name: str, *, change: bool = False) -> Any:
     )
 
 
+def hp_type(name: str) -> Any:
+    """The type of a hyperparameter: its number kind, or a Literal of its choices."""
+    bound = HYPERPARAMETERS[name]
+    return literal(bound.choices) if bound.choices else bound.kind
+
+
 def hyperparameter_fields(*, change: bool = False) -> dict[str, Any]:
     """Annotations and fields of every hyperparameter, for a schema's namespace."""
     annotations = {
-        name: (bound.kind | None) if (bound.optional or change) else bound.kind
+        name: (hp_type(name) | None) if (bound.optional or change) else hp_type(name)
         for name, bound in HYPERPARAMETERS.items()
     }
     fields = {name: hp(name, change=change) for name in HYPERPARAMETERS}
@@ -61,7 +69,8 @@ HyperparametersOut = type(
     (Schema,),
     {
         "__annotations__": {
-            name: (b.kind | None) if b.optional else b.kind for name, b in HYPERPARAMETERS.items()
+            name: (hp_type(name) | None) if b.optional else hp_type(name)
+            for name, b in HYPERPARAMETERS.items()
         }
     },
 )

@@ -1,6 +1,8 @@
-"""Rows into training text: each row's turns rendered with the model family's chat
-template ({prompt, completion}, the prompt masked from the loss), and length statistics of
-the rendered text. Standard library only, like `validation`."""
+"""Rows into conversations and training text. The training file the launcher reads holds
+each row as a conversation ({"messages": [...]}, `training_lines`); the launcher renders it
+with the checkpoint's own chat template or the family's built-in one (runs.protocol), and
+so does the preview here (`render_row`): every assistant turn is trained, the rest masked.
+Also length statistics of the rendered text. Standard library only, like `validation`."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from runs import protocol
 from runs.datasets.validation import RowError
-from runs.protocol import CHAT_TEMPLATES
 
 
 def row_turns(row: dict, fmt: str) -> tuple[list[tuple[str, str]], str]:
@@ -29,17 +31,56 @@ def row_turns(row: dict, fmt: str) -> tuple[list[tuple[str, str]], str]:
     raise RowError(f"unknown format '{fmt}'")
 
 
-def render_row(row: dict, fmt: str, family: str) -> dict[str, str]:
-    """The exact {prompt, completion} text the launcher trains on (prompt is masked)."""
+def row_messages(row: dict, fmt: str) -> list[dict[str, str]]:
+    """The row as a conversation ending with the assistant's answer."""
     turns, answer = row_turns(row, fmt)
-    prompt, completion = CHAT_TEMPLATES[family].render(turns, answer)
-    return {"prompt": prompt, "completion": completion}
+    return [{"role": r, "content": t} for r, t in turns] + [
+        {"role": "assistant", "content": answer}
+    ]
 
 
-def rendered_lines(rows: Iterable[dict], fmt: str, family: str) -> Iterator[str]:
-    """The training JSONL, line by line: what the launcher reads and what export serves."""
+@dataclass(frozen=True)
+class Template:
+    """Which chat template renders: a checkpoint's own (Jinja) or the family's built-in."""
+
+    family: str
+    source: str | None = None  # the checkpoint's chat_template, if it has one
+    tokens: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.source:
+            return "the checkpoint's own chat_template"
+        return protocol.BUILTIN_TEMPLATE_NAMES[self.family]
+
+    def segments(self, messages: list[dict]) -> list[protocol.Segment]:
+        try:
+            return protocol.render_chat(self.family, messages, self.source, self.tokens)
+        except protocol.TemplateError as exc:
+            raise RowError(f"the checkpoint's chat template failed: {exc}") from None
+
+
+def render_row(row: dict, fmt: str, family: str, template: Template | None = None) -> dict:
+    """The exact training text of a row: {prompt, completion, segments}. `completion` is the
+    last assistant turn; `segments` lists every (text, trained) part, earlier assistant
+    turns trained too."""
+    segments = (template or Template(family)).segments(row_messages(row, fmt))
+    prompt, completion = protocol.split_segments(segments)
+    return {"prompt": prompt, "completion": completion, "segments": segments}
+
+
+def rendered_lines(
+    rows: Iterable[dict], fmt: str, family: str, template: Template | None = None
+) -> Iterator[str]:
+    """The rendered training text, line by line (what export serves)."""
     for row in rows:
-        yield json.dumps(render_row(row, fmt, family)) + "\n"
+        yield json.dumps(render_row(row, fmt, family, template)) + "\n"
+
+
+def training_lines(rows: Iterable[dict], fmt: str) -> Iterator[str]:
+    """The training file the launcher reads: one conversation per line."""
+    for row in rows:
+        yield json.dumps({"messages": row_messages(row, fmt)}) + "\n"
 
 
 # --- length statistics ------------------------------------------------------------------
@@ -70,16 +111,16 @@ class LengthStats:
     rows: int = 0  # rows measured
     every: int = 1  # 1: every row was measured; k: every k-th row (a sample)
     totals: Counter = field(default_factory=Counter)  # prompt + completion length -> rows
-    prompts: Counter = field(default_factory=Counter)  # prompt length -> rows
+    completions: Counter = field(default_factory=Counter)  # last answer's length -> rows
 
     def truncated(self, max_len: int) -> int:
-        """Rows longer than max_len: the launcher cuts them to max_len."""
+        """Rows longer than max_len: the launcher cuts their prompt from the left."""
         return sum(n for length, n in self.totals.items() if length > max_len)
 
     def dropped(self, max_len: int) -> int:
-        """Rows whose prompt alone fills max_len: no answer token is left to learn from,
-        so the launcher drops them."""
-        return sum(n for length, n in self.prompts.items() if length >= max_len)
+        """Rows whose last answer alone does not fit max_len: the launcher drops them (or,
+        with long_completions=keep, keeps the answer's start)."""
+        return sum(n for length, n in self.completions.items() if length > max_len)
 
     def percentile(self, q: float) -> int:
         if not self.rows:
@@ -116,8 +157,9 @@ def measure_lengths(
     unit: str = "characters",
     every: int = 1,
     batch: int = 512,
+    template: Template | None = None,
 ) -> LengthStats:
-    """Render rows with the family's template and count their prompt and completion: every
+    """Render rows with the chat template and count their prompt and last answer: every
     row, or every `every`-th one (an evenly spaced sample when counting is slow)."""
     stats = LengthStats(unit=unit, every=every)
     pending: list[dict[str, str]] = []
@@ -128,14 +170,14 @@ def measure_lengths(
         half = len(pending)
         for p, c in zip(lengths[:half], lengths[half:], strict=True):
             stats.totals[p + c] += 1
-            stats.prompts[p] += 1
+            stats.completions[c] += 1
         stats.rows += half
         pending.clear()
 
     for n, row in enumerate(rows):
         if n % every:
             continue
-        pending.append(render_row(row, fmt, family))
+        pending.append(render_row(row, fmt, family, template))
         if len(pending) >= batch:
             flush()
     if pending:

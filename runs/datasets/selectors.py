@@ -115,11 +115,21 @@ def dataset_preview_rows(dataset: Dataset, *, family: str, limit: int = 5) -> li
 
 
 def dataset_rendered_lines(dataset: Dataset, *, family: str) -> Iterator[str]:
-    """The training JSONL of `dataset` for `family`, streamed: byte for byte what
-    datasets.services.dataset_render_to writes for the launcher."""
+    """The training text of `dataset` for `family`'s built-in template, streamed: what the
+    launcher trains on for a checkpoint without a chat template of its own."""
     return rendering.rendered_lines(
         validation.iter_rows(dataset_file(dataset)), dataset.format, family
     )
+
+
+def model_template(family: str, model: training.ModelRef | None) -> rendering.Template:
+    """The chat template the launcher will render with: a local checkpoint's own
+    chat_template when it has one, else the family's built-in one. (A hub model's is read
+    at launch, after the download.)"""
+    if model is None or model.source != "local":
+        return rendering.Template(family)
+    source, tokens = protocol.read_chat_template(model.path)
+    return rendering.Template(family, source, tokens)
 
 
 _tokenizers: OrderedDict[tuple, Any] = OrderedDict()
@@ -189,6 +199,7 @@ def dataset_length_stats(
     else in characters; (stats, how they were counted). One streaming pass over the file,
     remembered per file hash, template and tokenizer, so changing max_seq_length is free."""
     tokenizer, note = model_tokenizer(model)
+    template = model_template(family, model)
     tokenizer_key = None
     every = 1
     if tokenizer is not None:
@@ -202,7 +213,7 @@ def dataset_length_stats(
         rows = validation.iter_rows(dataset_file(dataset))
         with _reading(dataset):
             if tokenizer is None:
-                return rendering.measure_lengths(rows, dataset.format, family)
+                return rendering.measure_lengths(rows, dataset.format, family, template=template)
             return rendering.measure_lengths(
                 rows,
                 dataset.format,
@@ -210,9 +221,11 @@ def dataset_length_stats(
                 count=rendering.token_counter(tokenizer),
                 unit="tokens",
                 every=every,
+                template=template,
             )
 
     key = (dataset.pk, dataset.sha256, dataset.format, family, tokenizer_key, every)
+    key += (template.source,)
     return _cached(_length_stats, key, measure, size=32), note
 
 
@@ -225,8 +238,9 @@ def dataset_truncation(
     bins: int = 20,
 ) -> dict[str, Any]:
     """Statistics of the rendered rows at `max_seq_length`: how many the launcher would
-    truncate (longer than it) and drop (the prompt alone fills it), the length
-    distribution and a histogram, with the unit they are counted in."""
+    truncate (longer than it: the prompt loses its start) and how many answers alone do not
+    fit (dropped, or kept cut with long_completions=keep), the length distribution and a
+    histogram, with the unit they are counted in and the chat template used."""
     stats, note = dataset_length_stats(dataset, family=family, model=model)
     truncated, dropped = stats.truncated(max_seq_length), stats.dropped(max_seq_length)
     share = truncated / stats.rows if stats.rows else 0.0
@@ -243,6 +257,7 @@ def dataset_truncation(
         "unit": stats.unit,
         "counted_with": note,
         "family": family,
+        "chat_template": model_template(family, model).name,
         "max_seq_length": max_seq_length,
         "truncated_rows": truncated,
         "truncated_share": round(share, 4),
@@ -263,18 +278,22 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def truncation_sentence(figures: dict[str, Any]) -> str:
-    """'3 of 240 rows (1.2%) would be truncated at max_seq_length=512 (characters) ...'."""
+def truncation_sentence(figures: dict[str, Any], long_completions: str = "drop") -> str:
+    """'3 of 240 rows (1.2%) would be truncated at max_seq_length=512 (tokens). ...'."""
     rows, truncated = figures["rows"], figures["truncated_rows"]
     sentence = (
         f"{truncated} of {rows} rows ({100 * figures['truncated_share']:.1f}%) would be "
-        f"truncated at max_seq_length={figures['max_seq_length']} ({figures['unit']})"
+        f"truncated at max_seq_length={figures['max_seq_length']} ({figures['unit']})."
     )
+    if truncated:
+        sentence += " Prompts lose their start first, so answers keep their end-of-turn token."
     if figures["dropped_rows"]:
         dropped = figures["dropped_rows"]
+        fate = "dropped" if long_completions == "drop" else "kept with the answer cut"
         sentence += (
-            f", and {dropped} of them dropped because the prompt alone fills it"
+            f" {dropped} rows would be {fate}: the answer alone does not fit."
             if dropped != 1
-            else ", and 1 of them dropped because its prompt alone fills it"
+            else f" 1 row would be {fate}: its answer alone does not fit."
         )
-    return f"{sentence}. {figures['counted_with']}"
+    rendered = f" Rendered with {figures['chat_template']}." if "chat_template" in figures else ""
+    return f"{sentence} {figures['counted_with']}{rendered}"

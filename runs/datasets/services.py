@@ -236,12 +236,13 @@ def dataset_check(dataset: Dataset) -> validation.ValidationReport:
 
 
 def dataset_render_to(dataset: Dataset, family: str, target: Path) -> int:
-    """Write the rendered {prompt, completion} rows the launcher trains on (the same lines
-    the dataset page exports)."""
+    """Write the training file the launcher reads: each row as a conversation, which the
+    launcher renders with the checkpoint's chat template or `family`'s built-in one (the
+    dataset page's export shows that text for the built-in template)."""
     count = 0
     with open(target, "w", encoding="utf-8") as out:
-        for line in rendering.rendered_lines(
-            validation.iter_rows(storage.dataset_path(dataset)), dataset.format, family
+        for line in rendering.training_lines(
+            validation.iter_rows(storage.dataset_path(dataset)), dataset.format
         ):
             out.write(line)
             count += 1

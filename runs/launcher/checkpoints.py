@@ -37,3 +37,23 @@ def seed_from_parent(parent_dir: Path, own_dir: Path) -> int:
     own_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(parent_dir / str(step), own_dir / str(step), dirs_exist_ok=True)
     return step
+
+
+def prune(checkpoint_dir: Path, keep: int | None, eval_losses: dict[int, float]) -> list[int]:
+    """Remove complete checkpoints beyond the newest `keep`, never the last one nor the
+    best one (lowest eval loss among steps that have a checkpoint and an evaluation).
+    Returns the steps removed. Only complete, older steps are touched: Orbax may still be
+    writing the newest."""
+    if not keep:
+        return []
+    steps = complete_steps(checkpoint_dir)
+    scored = [s for s in steps if s in eval_losses]
+    protected = set(steps[-keep:])
+    if scored:
+        protected.add(min(scored, key=lambda s: (eval_losses[s], -s)))
+    removed = []
+    for step in steps:
+        if step not in protected:
+            shutil.rmtree(checkpoint_dir / str(step), ignore_errors=True)
+            removed.append(step)
+    return removed

@@ -61,6 +61,8 @@ def load_config(path: str) -> dict:
     if fraction >= 1.0:
         raise LaunchError("dataset.eval_fraction must be below 1")
     dataset["eval_fraction"] = fraction
+    if "split_seed" in dataset:
+        dataset["split_seed"] = _number(dataset, "split_seed", "dataset", int, minimum=0)
 
     config["training"] = _training(_section(config, "training"))
     lora = config.get("lora") or {"enabled": False}
@@ -98,4 +100,17 @@ def _training(t: dict) -> dict:
         "max_checkpoints_to_keep": _number(
             t, "max_checkpoints_to_keep", "training", int, minimum=1
         ),
+        "warmup_steps": _number(t, "warmup_steps", "training", int, default=0, minimum=0),
+        "max_grad_norm": _number(t, "max_grad_norm", "training", default=0.0, minimum=0.0),
+        "lr_schedule": _choice(t, "lr_schedule", protocol.LR_SCHEDULES),
+        "compute_dtype": _choice(t, "compute_dtype", protocol.COMPUTE_DTYPES),
+        "long_completions": _choice(t, "long_completions", protocol.LONG_COMPLETIONS),
     }
+
+
+def _choice(section: dict, key: str, choices: tuple):
+    """A string setting; absent means the first choice."""
+    value = section.get(key, choices[0])
+    if value not in choices:
+        raise LaunchError(f"training.{key} must be one of {', '.join(choices)}, not {value!r}")
+    return value

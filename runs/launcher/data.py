@@ -2,12 +2,16 @@
 
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from runs import protocol
 from runs.launcher.events import LaunchError
 
 
 def read_rows(path: Path) -> list[dict]:
+    """Rows of the training file: {"messages": [...]} conversations (what the web side
+    writes), or {"prompt", "completion"} text already rendered (prompt masked)."""
     if not path.is_file():
         raise LaunchError(f"dataset file {path} does not exist")
     rows = []
@@ -19,13 +23,10 @@ def read_rows(path: Path) -> list[dict]:
                 row = json.loads(line)
             except ValueError:
                 raise LaunchError(f"dataset line {number} is not valid JSON") from None
-            if not (
-                isinstance(row, dict)
-                and isinstance(row.get("prompt"), str)
-                and isinstance(row.get("completion"), str)
-            ):
+            if not (_is_conversation(row) or _is_rendered(row)):
                 raise LaunchError(
-                    f"dataset line {number} is not an object with string 'prompt' and 'completion'"
+                    f"dataset line {number} is neither a conversation ('messages' ending "
+                    "with an assistant turn) nor an object with string 'prompt' and 'completion'"
                 )
             rows.append(row)
     if not rows:
@@ -33,39 +34,148 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _is_conversation(row) -> bool:
+    messages = row.get("messages") if isinstance(row, dict) else None
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role")
+            for m in messages
+        )
+        and messages[-1]["role"] == "assistant"
+    )
+
+
+def _is_rendered(row) -> bool:
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("prompt"), str)
+        and isinstance(row.get("completion"), str)
+    )
+
+
 def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic held-out split: the same seed always holds out the same rows."""
-    if eval_fraction <= 0 or len(rows) < 2:
+    """Deterministic held-out split: the same seed always holds out the same rows. The
+    seed is derived from the dataset (protocol.split_seed), so runs share held-out rows."""
+    _, n_eval = protocol.split_sizes(len(rows), eval_fraction)
+    if not n_eval:
         return rows, []
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_fraction)))
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [
         r for i, r in enumerate(rows) if i in held
     ]
 
 
-def tokenize_rows(rows: list, tokenizer, max_seq_length: int) -> tuple[list, int]:
-    """Return (list of (ids, loss_mask), rows dropped for lack of completion tokens).
+@dataclass
+class Renderer:
+    """Renders rows with the checkpoint's chat template, or the family's built-in one."""
 
-    The rows are already rendered with the family's chat template, so no
-    special tokens are added here; the template's own markers are in the text
-    and the tokenizer matches them as single tokens.
-    """
-    examples, dropped = [], 0
+    family: str
+    template: str | None = None
+    tokens: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.template:
+            return "the checkpoint's own chat_template"
+        return protocol.BUILTIN_TEMPLATE_NAMES[self.family]
+
+    def segments(self, row: dict) -> list:
+        if "messages" in row:
+            try:
+                return protocol.render_chat(
+                    self.family, row["messages"], self.template, self.tokens
+                )
+            except protocol.TemplateError as exc:
+                raise LaunchError(f"the checkpoint's chat template failed: {exc}") from None
+        return [(row["prompt"], False), (row["completion"], True)]
+
+
+@dataclass
+class Tokenized:
+    """Training examples and how each row fared against max_seq_length."""
+
+    examples: list = field(default_factory=list)
+    fit: int = 0
+    prompt_cut: int = 0  # the prompt lost its start to make room
+    long_dropped: int = 0  # the last answer alone did not fit: dropped
+    long_kept: int = 0  # ... kept, cut at the end
+    empty: int = 0  # nothing left to learn from
+
+    def counts(self) -> dict:
+        return {
+            "fit": self.fit,
+            "prompt_truncated": self.prompt_cut,
+            "long_completion_dropped": self.long_dropped,
+            "long_completion_kept": self.long_kept,
+            "no_trained_tokens": self.empty,
+        }
+
+
+def _encode(tokenizer, segments: list) -> tuple[list[int], list[int], int]:
+    """(ids, loss mask, tokens of the last trained segment and after), from the whole
+    text at once so that token boundaries are the tokenizer's own; a token is trained
+    when it starts inside a trained segment."""
+    text, spans, at = "", [], 0
+    for chunk, trained in segments:
+        if trained:
+            spans.append((at, at + len(chunk)))
+        text += chunk
+        at += len(chunk)
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    ids, mask = list(encoding.ids), []
+    for start, _ in encoding.offsets:
+        mask.append(int(any(a <= start < b for a, b in spans)))
+    last_start = spans[-1][0] if spans else len(text)
+    tail = sum(1 for start, _ in encoding.offsets if start >= last_start)
+    return ids, mask, tail
+
+
+def _keep_answer_start(ids, mask, tail, max_len, has_bos):
+    """A row whose answer alone is too long: (BOS,) the end of its prompt (at most half
+    the window) and the start of its answer."""
+    head = 1 if has_bos else 0
+    start = len(ids) - tail
+    context = min(start - head, (max_len - head) // 2)
+    keep = range(start - context, start - context + max_len - head)
+    return ids[:head] + [ids[i] for i in keep], mask[:head] + [mask[i] for i in keep]
+
+
+def tokenize_rows(
+    rows: list, tokenizer, max_seq_length: int, renderer: Renderer, keep_long: bool = False
+) -> Tokenized:
+    """Tokenize rows, truncating from the left: a row too long loses the start of its
+    prompt (keeping a leading BOS) so that its answer and end-of-turn token survive. A row
+    whose last answer alone does not fit is dropped, or kept with its answer cut
+    (keep_long: the end of the prompt and the start of the answer)."""
+    out = Tokenized()
+    bos = {tokenizer.token_to_id(t) for t in ("<|begin_of_text|>", "<bos>")} - {None}
     for row in rows:
-        prompt = tokenizer.encode(row["prompt"], add_special_tokens=False).ids
-        completion = tokenizer.encode(row["completion"], add_special_tokens=False).ids
-        ids = (prompt + completion)[:max_seq_length]
-        mask = ([0] * len(prompt) + [1] * len(completion))[:max_seq_length]
-        # The loss predicts token t from tokens < t, so a row needs a completion
-        # token after position 0 to contribute anything.
+        ids, mask, tail = _encode(tokenizer, renderer.segments(row))
+        if len(ids) <= max_seq_length:
+            out.fit += 1
+        elif tail > max_seq_length:
+            if not keep_long:
+                out.long_dropped += 1
+                continue
+            out.long_kept += 1
+            ids, mask = _keep_answer_start(ids, mask, tail, max_seq_length, ids[0] in bos)
+        else:
+            out.prompt_cut += 1
+            # The BOS stays unless the answer needs its place too.
+            head = 1 if ids[0] in bos and tail < max_seq_length else 0
+            keep = max_seq_length - head
+            ids, mask = ids[:head] + ids[-keep:], mask[:head] + mask[-keep:]
+        # The loss predicts token t from tokens < t, so a row needs a trained token
+        # after position 0 to contribute anything.
         if not any(mask[1:]):
-            dropped += 1
+            out.empty += 1
             continue
-        examples.append((ids, mask))
-    return examples, dropped
+        out.examples.append((ids, mask))
+    return out
 
 
 def pick_seq_len(examples: list, max_seq_length: int) -> int:
@@ -99,46 +209,32 @@ def make_batches(examples: list, batch_size: int, seq_len: int, order: list):
 
 
 class TrainBatches:
-    """Epochs of shuffled batches, reproducible from the seed.
+    """Epochs of shuffled batches, reproducible from the seed, repeated until `steps`
+    batches were yielded (max_steps wins: the data repeats as needed).
 
     Tunix resumes by replaying the iterator and skipping the batches already
     trained, so every pass must yield the same batches in the same order.
     """
 
-    def __init__(self, examples, batch_size, seq_len, num_epochs, seed):
+    def __init__(self, examples, batch_size, seq_len, steps, seed):
         self.examples, self.batch_size, self.seq_len = examples, batch_size, seq_len
-        self.num_epochs, self.seed = num_epochs, seed
+        self.steps, self.seed = steps, seed
 
     @property
     def batches_per_epoch(self) -> int:
         return -(-len(self.examples) // self.batch_size)
 
     def __iter__(self):
-        for epoch in range(self.num_epochs):
+        yielded, epoch = 0, 0
+        while yielded < self.steps:
             order = list(range(len(self.examples)))
             random.Random(self.seed * 1000 + epoch).shuffle(order)
-            yield from make_batches(self.examples, self.batch_size, self.seq_len, order)
-
-
-class EvalBatches:
-    """The held-out batches, re-iterable because Tunix iterates them at every eval.
-
-    With skip_first, the first evaluation sees no batches: a resumed run's
-    starting step was already evaluated by its parent run.
-    """
-
-    def __init__(self, batches: list, skip_first: bool):
-        self.batches = batches
-        self._skip = skip_first
-
-    def __bool__(self) -> bool:
-        return bool(self.batches)
-
-    def __iter__(self):
-        if self._skip:
-            self._skip = False
-            return iter(())
-        return iter(self.batches)
+            for batch in make_batches(self.examples, self.batch_size, self.seq_len, order):
+                if yielded >= self.steps:
+                    return
+                yielded += 1
+                yield batch
+            epoch += 1
 
 
 def model_inputs(batch):

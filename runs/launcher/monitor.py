@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from runs import protocol
-from runs.launcher.checkpoints import complete_steps
+from runs.launcher.checkpoints import complete_steps, prune
 from runs.launcher.events import Events, NonFiniteLoss
 
 # Tunix logs the (unchanged) learning rate again at every evaluation.
@@ -23,12 +23,15 @@ class Monitor:
         checkpoint_dir: Path,
         output_dir: Path,
         known_steps=(),
+        keep: int | None = None,
     ):
         self.events = events
         self.total_steps = total_steps
         self.checkpoint_dir = checkpoint_dir
         self.output_dir = output_dir
         self.reported_checkpoints = set(known_steps)
+        self.keep = keep
+        self.eval_losses: dict[int, float] = {}
         self.first_loss = None
         self.final_loss = None
         self.eval_loss = None
@@ -69,6 +72,7 @@ class Monitor:
         elif name == "eval/loss":
             self.eval_loss = number
             self.last_eval_step = step
+            self.eval_losses[step] = number
 
     def report_checkpoints(self) -> None:
         for step in complete_steps(self.checkpoint_dir):
@@ -76,6 +80,8 @@ class Monitor:
                 self.reported_checkpoints.add(step)
                 path = os.path.relpath(self.checkpoint_dir / str(step), self.output_dir)
                 self.events.emit(protocol.EVENT_CHECKPOINT, step=step, path=path, complete=True)
+        for step in prune(self.checkpoint_dir, self.keep, self.eval_losses):
+            print(f"launcher: removed checkpoint {step} (keeping {self.keep})", file=sys.stderr)
 
 
 def make_hooks(events: Events, final_eval):

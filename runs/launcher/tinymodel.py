@@ -1,6 +1,7 @@
 """Generate a tiny random-weight model directory that real Tunix can train.
 
 Usage: python -m runs.launcher.tinymodel OUT_DIR --data FILE.jsonl [--family llama3] [--seed 0]
+       [--dtype float32|bfloat16] [--rope-scaling llama3]
 
 The directory looks like a Hugging Face checkpoint: ``config.json``,
 ``model.safetensors`` with Hugging Face tensor names, and a byte-level BPE
@@ -91,6 +92,16 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
+
+
+# Llama 3.2's rope_scaling, as its config.json writes it.
+LLAMA3_ROPE_SCALING = {
+    "factor": 32.0,
+    "high_freq_factor": 4.0,
+    "low_freq_factor": 1.0,
+    "original_max_position_embeddings": 8192,
+    "rope_type": "llama3",
+}
 
 
 def hf_config(family: str, vocab_size: int, bos_id: int, eos_id: int) -> dict:
@@ -187,7 +198,25 @@ def random_weights(family: str, vocab_size: int, seed: int) -> dict:
     return tensors
 
 
-def write_model(out_dir: Path, data: Path, family: str, seed: int, vocab_size: int) -> Path:
+def cast_weights(weights: dict, dtype: str) -> dict:
+    """bfloat16 (via ml_dtypes, installed with JAX) as most real checkpoints ship."""
+    if dtype != "bfloat16":
+        return weights
+    import ml_dtypes
+
+    return {k: v.astype(ml_dtypes.bfloat16) for k, v in weights.items()}
+
+
+def write_model(
+    out_dir: Path,
+    data: Path,
+    family: str,
+    seed: int,
+    vocab_size: int,
+    dtype: str = "float32",
+    rope_scaling: str | None = None,
+) -> Path:
+    """Write the model; `dtype` bfloat16 stores the weights as real checkpoints ship them."""
     from safetensors.numpy import save_file
 
     if family not in FAMILIES:
@@ -226,9 +255,12 @@ def write_model(out_dir: Path, data: Path, family: str, seed: int, vocab_size: i
         json.dumps({"bos_token": bos, "eos_token": eos, "pad_token": PAD_TOKEN}, indent=2)
     )
     config = hf_config(family, actual_vocab, bos_id, eos_id)
+    config["torch_dtype"] = dtype
+    if rope_scaling == "llama3":
+        config["rope_scaling"] = LLAMA3_ROPE_SCALING
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     save_file(
-        random_weights(family, actual_vocab, seed),
+        cast_weights(random_weights(family, actual_vocab, seed), dtype),
         str(out_dir / "model.safetensors"),
         metadata={"format": "pt"},
     )
@@ -246,9 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", default="llama3", choices=sorted(FAMILIES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--rope-scaling", choices=["llama3"], default=None)
     args = parser.parse_args(argv)
     try:
-        out = write_model(args.out_dir, args.data, args.family, args.seed, args.vocab_size)
+        out = write_model(
+            args.out_dir,
+            args.data,
+            args.family,
+            args.seed,
+            args.vocab_size,
+            dtype=args.dtype,
+            rope_scaling=args.rope_scaling,
+        )
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,13 @@ def number_messages(kind: type, bounds: str) -> dict[str, str]:
 
 
 def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Field:
+    if bound.choices:
+        return forms.ChoiceField(
+            label=_label(name),
+            choices=[(value, value) for value in bound.choices],
+            initial=bound.default,
+            help_text=bound.help,
+        )
     help_text = f"{bound.help} {bound.range()}" + (
         "; empty for no limit." if bound.optional else "."
     )

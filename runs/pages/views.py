@@ -354,10 +354,12 @@ def run_continue(request, run_id):
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("runs:detail", run_id=run.id)
+    plan = child.environment.get("plan") or {}
+    what = services.plan_sentence(plan) if "from_step" in plan else ""
     run_page.status_message(
         request,
         messages.SUCCESS,
-        f"Continuing from step {child.resume_from_step}: run queued.",
+        f"Continuing from step {child.resume_from_step}: run queued. {what}".strip(),
         while_status=RunStatus.PENDING,
     )
     return redirect("runs:detail", run_id=child.id)

@@ -7,6 +7,17 @@ from ..models import TunixRun
 from .logs import run_metric_series
 from .runs import run_for_user
 
+# One training batch's loss is noisy; compare a mean of the last steps instead.
+FINAL_WINDOW = 10
+FINAL_TRAIN_LOSS = f"final train/loss (mean of the last {FINAL_WINDOW} steps)"
+FINAL_EVAL_LOSS = "final eval/loss (per-token mean over the held-out split)"
+
+
+def smoothed_final(points: list) -> float | None:
+    """The mean of the last FINAL_WINDOW (step, value) points, or None without any."""
+    values = [value for _, value in points[-FINAL_WINDOW:]]
+    return round(sum(values) / len(values), 6) if values else None
+
 
 def runs_for_compare(*, user, run_ids: list[str], limit: int = 10) -> tuple[list, list[str]]:
     """The runs to compare, in the order given, and a message for each id that is unknown or
@@ -51,8 +62,8 @@ def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> l
             "duration_seconds": run.duration_seconds,
             "exit_code": run.exit_code,
             "steps": run.progress_step,
-            "final train/loss": series["train/loss"][-1][1] if series.get("train/loss") else None,
-            "final eval/loss": series["eval/loss"][-1][1] if series.get("eval/loss") else None,
+            FINAL_TRAIN_LOSS: smoothed_final(series.get("train/loss") or []),
+            FINAL_EVAL_LOSS: series["eval/loss"][-1][1] if series.get("eval/loss") else None,
         }
         config = {k: v for k, v in (run.config or {}).items() if k != "schema"}
         summary.update({f"config.{k}": v for k, v in _flatten(config).items()})

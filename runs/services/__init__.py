@@ -7,6 +7,7 @@ prepare, supervise, finish, cancel, reap), `deletion` (delete, prune, pin), `ret
 batched pruning behind `runs_prune`), `tokens`, `schedules`, `jobs` (evaluations and exports of a
 trained run)."""
 
+from ..formatting import plan_sentence
 from .deletion import run_delete, run_set_pinned, runs_prune, runs_prune_expired
 from .jobs import evaluation_create, evaluation_store_rows, export_create, job_after_finish
 from .lifecycle import (
@@ -37,6 +38,7 @@ from .tokens import api_token_authenticate, api_token_create, api_token_revoke, 
 __all__ = [
     "RunPlan",
     "RunRequest",
+    "plan_sentence",
     "run_plan",
     "run_create",
     "run_request",

@@ -18,6 +18,7 @@ from .. import protocol, storage, training
 from ..datasets.selectors import dataset_truncation, datasets_visible, truncation_sentence
 from ..datasets.services import dataset_check
 from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
+from ..formatting import plan_sentence
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
 from ..models import Dataset, RunMode, RunStatus, TunixRun
 from ..storage import UnsafePath, safe_relative
@@ -71,6 +72,7 @@ class RunPlan:
     run: TunixRun
     problem: str | None  # what is wrong with the dataset (a dry-run records it as failed)
     rows: int | None  # valid rows, when the dataset's content was checked
+    training: dict = field(default_factory=dict)  # what will train (see training_plan)
 
 
 @dataclass
@@ -165,6 +167,7 @@ def run_plan(
         resume_dir = str(
             Path(settings.ARTIFACTS_DIR) / parent.output_dir / protocol.CHECKPOINTS_DIRNAME
         )
+    problem = problem or _checkpoint_problem(checked.model, request.mode)
     sha256 = dataset.sha256 if dataset else ""
     config = training.build_config(
         run_id=str(run_id),
@@ -193,7 +196,46 @@ def run_plan(
         parent=parent,
         **checked.hyperparameters,
     )
-    return RunPlan(run=run, problem=problem, rows=report.rows if report else None)
+    plan = training_plan(dataset, checked.hyperparameters, checked.model, parent)
+    run.environment["plan"] = plan
+    return RunPlan(run=run, problem=problem, rows=report.rows if report else None, training=plan)
+
+
+def _checkpoint_problem(model: training.ModelRef, mode: str) -> str | None:
+    """Why a local checkpoint cannot be trained correctly (config.json fields Tunix's model
+    code does not honour), or None; a local run refuses to queue. A hub model's config is
+    checked by the launcher after the download."""
+    if model.source != "local":
+        return None
+    _, refusals = training.checkpoint_check(model)
+    if not refusals:
+        return None
+    problem = f"Model {model.model_id} cannot be trained correctly: " + "; ".join(refusals) + "."
+    if mode == RunMode.LOCAL:
+        raise InvalidInput(problem, fields={"model_id": problem})
+    return problem
+
+
+def training_plan(dataset, hp: dict, model: training.ModelRef, parent=None) -> dict[str, Any]:
+    """What a run will train, before anything runs: steps, epochs, rows for training and
+    evaluation (before rows dropped for length; the launcher logs the exact figures),
+    the chat template, which turns are trained, and the dtypes."""
+    rows = dataset.row_count if dataset else 0
+    train_rows, eval_rows = protocol.split_sizes(rows, protocol.EVAL_FRACTION)
+    plan = protocol.schedule(train_rows, hp["batch_size"], hp["num_epochs"], hp["max_steps"])
+    plan |= {
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        "chat_template": training.template_name(model),
+        "trained_turns": "every assistant turn",
+        "compute_dtype": hp["compute_dtype"],
+        "eval_loss": "per-token mean over the whole held-out split",
+    }
+    if parent is not None:
+        step = storage.run_latest_checkpoint(parent)
+        if step is not None:
+            plan["from_step"] = step
+    return plan
 
 
 def run_create(
@@ -250,14 +292,17 @@ def _finish_dry_run(plan: RunPlan) -> None:
     run.status = RunStatus.COMPLETED
     run.message = (
         f"Dry-run passed: {plan.rows} valid rows; the config and command below are "
-        "what a local run would execute. Nothing was executed."
+        "what a local run would execute. Nothing was executed. " + plan_sentence(plan.training)
     )
-    figures = _dry_run_dataset_stats(
-        run.dataset, training.parse_model_ref(run.model_id), run.max_seq_length
-    )
+    model = training.parse_model_ref(run.model_id)
+    figures = _dry_run_dataset_stats(run.dataset, model, run.max_seq_length)
     if figures is not None:
         run.environment = {**run.environment, "dataset_stats": figures}
-        run.message += " " + truncation_sentence(figures)
+        run.message += " " + truncation_sentence(figures, run.long_completions)
+    if model.source == "local":
+        fields_read, _ = training.checkpoint_check(model)
+        run.environment["config_fields"] = fields_read
+        run.message += " Read from config.json: " + ", ".join(sorted(fields_read)) + "."
 
 
 def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict | None:

@@ -49,3 +49,9 @@ def percent(value) -> str:
 @register.filter
 def short_id(value) -> str:
     return str(value)[:8]
+
+
+@register.filter
+def plan_sentence(plan) -> str:
+    """What a run will train, in one sentence (runs.formatting.plan_sentence)."""
+    return formatting.plan_sentence(plan) if plan else ""
