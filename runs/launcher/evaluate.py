@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from runs import protocol
-from runs.launcher.data import read_rows, split_rows
+from runs.launcher.data import Renderer, read_rows, split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.generate import Generator, Settings, clip_prompt
 from runs.launcher.scoring import headline, score
@@ -23,16 +23,22 @@ from runs.launcher.scoring import headline, score
 MAX_PROMPT_TOKENS = 1024
 
 
-def eval_rows(dataset: dict, max_rows: int) -> list[dict]:
+def eval_rows(dataset: dict, max_rows: int, renderer: Renderer) -> list[dict]:
     """The held-out split of the run's data (same fraction and seed as training), or every
-    row when the fraction is 0 (another dataset); at most max_rows."""
+    row when the fraction is 0 (another dataset); at most max_rows. Each row as
+    {"prompt", "completion"}: the conversation rendered as training renders it, the prompt
+    being everything before the last trained (assistant) turn."""
     rows = read_rows(Path(dataset["path"]))
     fraction = float(dataset.get("eval_fraction") or 0)
     if fraction > 0:
         _, rows = split_rows(rows, fraction, int(dataset.get("seed", 0)))
     if not rows:
         raise LaunchError("the dataset has no evaluation rows")
-    return rows[:max_rows]
+    rendered = []
+    for row in rows[:max_rows]:
+        prompt, completion = protocol.split_segments(renderer.segments(row))
+        rendered.append({"prompt": prompt, "completion": completion})
+    return rendered
 
 
 def reference_text(completion: str, family: str) -> str:
@@ -60,7 +66,8 @@ def evaluate(config: dict, events: Events) -> dict:
     settings = Settings.from_dict(generation)
     max_rows = int(generation.get("max_rows", 50))
     batch = max(1, int(generation.get("batch_size", 8)))
-    rows = eval_rows(config["dataset"], max_rows)
+    template, tokens = protocol.read_chat_template(str(source["model_dir"]))
+    rows = eval_rows(config["dataset"], max_rows, Renderer(family, template, tokens))
     tokenizer = TextTokenizer(Path(source["model_dir"]), family)
     prompts = [clip_prompt(tokenizer, r["prompt"], MAX_PROMPT_TOKENS) for r in rows]
     longest = max(len(tokenizer.encode(p)) for p in prompts)

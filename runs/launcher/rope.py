@@ -11,6 +11,9 @@ import math
 
 from runs import protocol
 
+# The theta a family's checkpoints mean when config.json names none.
+DEFAULT_ROPE_THETA = {"llama3": 500_000, "qwen3": 1_000_000}
+
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> list[float]:
     """RoPE inverse frequencies theta**(-2i/d), with Llama 3's frequency scaling when asked.

@@ -30,6 +30,7 @@ from runs.launcher.optim import (
     loss_fn,
     weight_dtypes,
 )
+from runs.launcher.rope import DEFAULT_ROPE_THETA
 from runs.launcher.rope import install as install_rope
 
 
@@ -119,7 +120,6 @@ def prepare(config: dict) -> Prepared:
 
 
 # Base frequency Tunix's model code should have used when config.json names none.
-DEFAULT_ROPE_THETA = {"llama3": 500_000, "qwen3": 1_000_000}
 
 
 def describe_plan(plan: dict) -> str:

@@ -63,21 +63,30 @@ def _configured_eos(model_dir: Path) -> str:
 
 
 def load_base(model_dir: Path, family: str, mesh):
-    """(Tunix model, its ModelConfig, the HF config) from a Hugging Face folder."""
+    """(Tunix model, its ModelConfig, the HF config) from a Hugging Face folder, with the
+    checkpoint's RoPE installed as training installs it (runs.launcher.rope)."""
+    from runs.launcher.rope import DEFAULT_ROPE_THETA, install
+
     hf = read_hf_config(model_dir, family)
+    install(family, hf, default_theta=DEFAULT_ROPE_THETA.get(family, 10_000))
     model_config, params_lib = build_model_config(family, hf)
     model = params_lib.create_model_from_safe_tensors(str(model_dir), model_config, mesh)
     return model, model_config, hf
 
 
 def apply_lora(model, lora: dict, seed: int = 0):
+    """LoRA as training applies it: fp32 weights, the delta added in the layer's dtype."""
     import qwix
     from flax import nnx
 
-    provider = qwix.LoraProvider(
-        module_path=lora["module_path"], rank=lora["rank"], alpha=lora["alpha"]
+    from runs.launcher.optim import lora_provider, lora_to_fp32
+
+    provider = lora_provider(lora["module_path"], lora["rank"], lora["alpha"])
+    model = qwix.apply_lora_to_model(
+        model, provider, rngs=nnx.Rngs(seed), **model.get_model_input()
     )
-    return qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(seed), **model.get_model_input())
+    lora_to_fp32(model)
+    return model
 
 
 def restore(model, checkpoint_dir: Path, step: int | None, lora_only: bool) -> int:

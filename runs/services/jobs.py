@@ -148,7 +148,8 @@ def evaluation_create(
             "key": target.key,
             "format": target.format,
             "eval_fraction": 0.0 if other else run.config["dataset"]["eval_fraction"],
-            "seed": run.config["training"]["seed"],
+            # The split's seed as training used it (older configs: the training seed).
+            "seed": run.config["dataset"].get("split_seed", run.config["training"]["seed"]),
         },
         "generation": {**settings_, "batch_size": 8},
         "output": {"dir": str(output_path), "rows": str(output_path / ROWS_FILENAME)},
