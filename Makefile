@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test venv install install-dev lint format bench clean
+.PHONY: run serve test venv install install-dev lint format bench clean
 
 # Django 6 needs Python 3.12 or newer: use the first interpreter that is new enough.
 $(PY):
@@ -46,6 +46,15 @@ run: install
 	@trap 'kill 0' INT TERM EXIT; \
 	$(PY) manage.py qcluster & \
 	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
+
+# The production web server (gunicorn, gthread workers, keep-alive; tunixrt/gunicorn_settings.py)
+# with a worker. Set DATABASE_URL, DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS for real use.
+serve: install
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py collectstatic --noinput -v 0
+	@trap 'kill 0' INT TERM EXIT; \
+	$(PY) manage.py qcluster & \
+	TUNIXRT_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c tunixrt/gunicorn_settings.py tunixrt.wsgi
 
 # The whole suite on a throwaway PostgreSQL (when the system has its server binaries)
 # and on SQLite. Installs Debian's chromium for the browser tests when it is missing.

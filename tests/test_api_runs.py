@@ -12,10 +12,18 @@ def body(**overrides):
     return data
 
 
-def test_health_needs_no_authentication(anon_api):
-    response = anon_api.get("/api/health")
+def test_health_needs_no_authentication_and_no_database(anon_api, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        response = anon_api.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": True}
+    assert response.json() == {"status": "ok"}
+
+
+def test_readiness_touches_the_database(anon_api, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        response = anon_api.get("/api/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "detail": None}
 
 
 @pytest.mark.parametrize(
