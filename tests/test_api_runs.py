@@ -60,6 +60,18 @@ def test_tokens_are_stored_hashed_and_record_last_use(api, user):
     assert len(record.token_hash) == 64 and record.prefix.startswith("trt_")
 
 
+def test_last_use_is_written_once_a_minute_not_on_every_request(api, user):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(20):
+            assert api.get("/api/tunix/runs").status_code == 200
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(writes) == 1 and "runs_apitoken" in writes[0]
+    assert user.api_tokens.get().last_used_at is not None
+
+
 def test_dry_run_via_api_returns_201_with_the_config(api, dataset, tiny_model_dir):
     response = api.post("/api/tunix/run", body())
     assert response.status_code == 201, response.content

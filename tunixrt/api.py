@@ -1,29 +1,13 @@
 """The project's one NinjaAPI. Every error answers with the same shape: {"detail": ...}."""
 
-import orjson
 from django.core.exceptions import RequestDataTooBig
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
-from ninja.renderers import BaseRenderer
-from ninja.responses import NinjaJSONEncoder
 
+from runs.api.encoding import FastJSONRenderer
 from runs.api.runs import router as runs_router
 from runs.datasets.api import router as datasets_router
 from runs.errors import ServiceError
-
-
-class FastJSONRenderer(BaseRenderer):
-    """orjson instead of the json module: a list page of 50 runs encodes in 0.08 ms instead
-    of 1.5 ms (measured on the development machine). What orjson cannot encode by itself
-    (Decimal, lazy strings) goes to Ninja's encoder; NaN and infinities become null, as JSON
-    has no such numbers."""
-
-    media_type = "application/json"
-    _fallback = NinjaJSONEncoder().default
-
-    def render(self, request, data, *, response_status):
-        return orjson.dumps(data, default=self._fallback, option=orjson.OPT_NON_STR_KEYS)
-
 
 api = NinjaAPI(
     renderer=FastJSONRenderer(),

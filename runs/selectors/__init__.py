@@ -1,6 +1,7 @@
 """Reads of runs shared by the API, the pages and the admin. Datasets have their own in
 `runs.datasets.selectors`; files in `runs.storage`."""
 
+from .answers import run_answer, run_answer_forget
 from .compare import run_comparison, runs_for_compare
 from .logs import (
     run_log_chunks,
@@ -29,6 +30,8 @@ from .runs import (
 )
 
 __all__ = [
+    "run_answer",
+    "run_answer_forget",
     "runs_visible_to",
     "run_for_user",
     "runs_filter",

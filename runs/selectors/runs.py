@@ -57,12 +57,14 @@ def runs_visible_to(user) -> QuerySet[TunixRun]:
     return runs if user.is_staff else runs.filter(owner=user)
 
 
-def run_for_user(*, user, run_id) -> TunixRun:
-    """The run, 404 when there is none, 403 when it is someone else's."""
+def run_for_user(*, user, run_id, related=("owner", "dataset", "parent"), columns=None) -> TunixRun:
+    """The run, 404 when there is none, 403 when it is someone else's. `related` rows are
+    joined; `columns` limits what is read (the others load on first access)."""
+    runs = TunixRun.objects.select_related(*related)
+    if columns:
+        runs = runs.only(*columns)
     try:
-        run = TunixRun.objects.select_related("owner", "dataset", "parent").get(
-            id=uuid.UUID(str(run_id))
-        )
+        run = runs.get(id=uuid.UUID(str(run_id)))
     except (TunixRun.DoesNotExist, ValueError, TypeError) as exc:
         raise NotFound("No such run.") from exc
     if not user.is_staff and run.owner_id != user.id:

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from ..errors import Conflict, NotFound
 from ..models import TunixRun
+from ..selectors.answers import run_answer_forget
 from . import retention
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def run_delete(*, run: TunixRun) -> int:
         # retention pass removes it (runs/retention.py).
         deletions = retention.record_folder_deletion(locked)
         locked.delete()
+    run_answer_forget(run.id)
     return retention.remove_folders(deletions)[1]
 
 
