@@ -126,7 +126,7 @@ def run_list(request):
         "page": page,
         "filters": filters,
         "query": query.urlencode(),
-        "options": selectors.run_filter_options(visible),
+        "options": selectors.run_filter_options(request.user),
         "statuses": RunStatus.choices,
         "modes": RunMode.choices,
     }
