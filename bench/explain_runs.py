@@ -77,7 +77,7 @@ def report(who, filters, runs, verbose) -> float:
             mark = "  <-- " + "; ".join(bad) if bad else ""
             query = f"{step} {kind_of(sql)}"
             print(f"{who:<6} {label:<42} {query:<13} {ms:7.2f}  {node}{mark}")
-            if verbose or bad:
+            if verbose or (bad and ms > 2):
                 print("\n".join("        " + line for line in lines))
     return slowest
 
