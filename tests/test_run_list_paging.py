@@ -67,6 +67,15 @@ def test_a_list_item_carries_what_a_list_shows_and_the_last_train_loss(api, run_
     assert {"config", "command", "environment", "message"} <= set(detail)
 
 
+def test_the_list_answer_has_exactly_the_fields_its_schema_documents(api, run_factory):
+    from runs.api.schemas import RunListItemOut, RunPageOut
+
+    run_factory()
+    page = api.get("/api/tunix/runs").json()
+    assert set(page) == set(RunPageOut.model_fields)
+    assert set(page["items"][0]) == set(RunListItemOut.model_fields) == LIST_ITEM_KEYS
+
+
 def test_a_non_finite_last_loss_is_listed_as_null(api, run_factory):
     run = run_factory()
     Metric.objects.create(run=run, name="train/loss", step=1, value=float("inf"))

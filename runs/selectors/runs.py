@@ -35,6 +35,7 @@ LIST_COLUMNS = (
     "progress_total",
     "pinned",
 )
+LIST_VALUES = (*(c for c in LIST_COLUMNS if c != "owner_id"), "final_loss")
 # Past this many matches a list says "more than N" instead of counting them all: the count
 # reads at most N+1 index entries, whatever the table's size.
 COUNT_CAP = 1000
@@ -155,9 +156,17 @@ def count_capped(queryset: QuerySet, *, cap: int) -> tuple[int, bool]:
     return (found, True) if found <= cap else (cap, False)
 
 
-def cursor_encode(run: TunixRun) -> str:
+def _position(item) -> tuple[datetime, uuid.UUID]:
+    """(created_at, id) of a run or of a row from .values()."""
+    if isinstance(item, dict):
+        return item["created_at"], item["id"]
+    return item.created_at, item.id
+
+
+def cursor_encode(item) -> str:
     """An opaque position in the newest-first order: (created_at, id) of a run."""
-    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
+    created_at, run_id = _position(item)
+    raw = f"{created_at.isoformat()}|{run_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -224,12 +233,16 @@ def runs_page(
     cursor: str | None = None,
     before: str | None = None,
     page: int = 1,
+    rows: bool = False,
 ) -> RunPage:
     """A page of `queryset` (newest first): after `cursor` (older runs), before `before`
     (newer runs), or by page number (offset, for small offsets). Keyset pages cost the same
-    at any depth; the count is capped (see count_capped)."""
+    at any depth; the count is capped (see count_capped). `rows`: items are dicts of
+    LIST_VALUES instead of model instances (no model or getter overhead, for the API)."""
     count, exact = count_capped(queryset, cap=COUNT_CAP)
     listed = runs_for_list(queryset)
+    if rows:
+        listed = listed.values(*LIST_VALUES)
     result = RunPage(items=[], page_size=page_size, count=count, count_exact=exact)
     if cursor:
         rows = list(listed.filter(_older(*cursor_decode(cursor)))[: page_size + 1])
@@ -260,12 +273,12 @@ def runs_page(
     return result
 
 
-def _newer_than(run: TunixRun) -> Q:
-    return _newer(run.created_at, run.id)
+def _newer_than(item) -> Q:
+    return _newer(*_position(item))
 
 
-def _older_than(run: TunixRun) -> Q:
-    return _older(run.created_at, run.id)
+def _older_than(item) -> Q:
+    return _older(*_position(item))
 
 
 def queue_position(run: TunixRun) -> int | None:
