@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run serve test venv install install-dev lint format bench clean
+.PHONY: run serve serve-prod test venv install install-dev lint format bench clean
 
 # Django 6 needs Python 3.12 or newer: use the first interpreter that is new enough.
 $(PY):
@@ -51,6 +51,12 @@ run: install
 # cancel grace (TUNIXRT_CANCEL_GRACE_SECONDS) plus a few seconds.
 serve:
 	exec $(PY) manage.py serve $(HOST):$(PORT)
+
+# The production web server (gunicorn, gthread workers, keep-alive; see
+# tunixrt/gunicorn_settings.py) and a worker, stopped as `serve` is. Set DATABASE_URL,
+# DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS for real use; run migrate and collectstatic first.
+serve-prod:
+	exec $(PY) manage.py serve --production $(HOST):$(PORT)
 
 # The whole suite on a throwaway PostgreSQL and on SQLite, the real Tunix and browser lanes
 # included. Installs what they need: the dev and tunix extras (install-dev), and as root

@@ -212,7 +212,8 @@ def cmd_list(client: Client, args) -> int:
         dataset_key=args.dataset,
         model_id=args.model,
         q=args.search,
-        page=args.page,
+        cursor=args.cursor,
+        page=None if args.cursor else args.page,
         page_size=args.page_size,
     )
     if args.json:
@@ -220,7 +221,11 @@ def cmd_list(client: Client, args) -> int:
         return 0
     for run in page["items"]:
         print(_summary(run))
-    print(f"page {page['page']} of {page['pages']}, {page['count']} runs")
+    total = f"{page['count']} runs" if page["count_exact"] else f"more than {page['count']} runs"
+    where = f"page {page['page']} of {page['pages']}, " if page.get("pages") else ""
+    print(f"{where}{total}")
+    if page.get("next_cursor"):
+        print(f"older runs: --cursor {page['next_cursor']}")
     return 0
 
 
@@ -326,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dataset")
     sub.add_argument("--model")
     sub.add_argument("-q", "--search", help="text in name, model, dataset or message")
-    sub.add_argument("--page", type=int, default=1)
+    sub.add_argument("--cursor", help="the next page: the cursor the previous one printed")
+    sub.add_argument("--page", type=int, default=1, help="by number (the first 10,000 runs)")
     sub.add_argument("--page-size", type=int, default=25)
 
     run_id_help = "the run's id, or its first characters (6 or more) if no other run shares them"

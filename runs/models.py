@@ -162,15 +162,31 @@ class TunixRun(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            # Run list, newest first, paged: ORDER BY created_at DESC, id DESC.
+            # The run list, newest first, paged by a cursor: ORDER BY created_at DESC, id DESC
+            # with WHERE created_at <= ? (the page's start) and the filters. Each filter the
+            # list offers has an index that leads with it and ends in the sort, alone (staff)
+            # and after the owner (a user's runs), so a page reads its rows in order and stops,
+            # and the capped count (LIMIT 1001) is an index-only scan. bench/explain_runs.py
+            # shows the plans on 100,000 runs.
             models.Index(fields=["-created_at", "-id"], name="run_newest"),
-            # "My runs" list and the per-user queue limit.
-            models.Index(fields=["owner", "-created_at"], name="run_owner_newest"),
-            # Filters on the run list: WHERE status = ? ORDER BY created_at DESC.
-            models.Index(fields=["status", "-created_at"], name="run_status_newest"),
-            models.Index(fields=["mode", "-created_at"], name="run_mode_newest"),
-            models.Index(fields=["dataset_key", "-created_at"], name="run_dataset_newest"),
-            models.Index(fields=["model_id", "-created_at"], name="run_model_newest"),
+            models.Index(fields=["owner", "-created_at", "-id"], name="run_owner_newest"),
+            models.Index(fields=["status", "-created_at", "-id"], name="run_status_newest"),
+            models.Index(fields=["mode", "-created_at", "-id"], name="run_mode_newest"),
+            models.Index(fields=["dataset_key", "-created_at", "-id"], name="run_dataset_newest"),
+            models.Index(fields=["model_id", "-created_at", "-id"], name="run_model_newest"),
+            models.Index(
+                fields=["owner", "status", "-created_at", "-id"], name="run_owner_status_newest"
+            ),
+            models.Index(
+                fields=["owner", "mode", "-created_at", "-id"], name="run_owner_mode_newest"
+            ),
+            models.Index(
+                fields=["owner", "dataset_key", "-created_at", "-id"],
+                name="run_owner_dataset_newest",
+            ),
+            models.Index(
+                fields=["owner", "model_id", "-created_at", "-id"], name="run_owner_model_newest"
+            ),
             # Reaper: WHERE status = 'running' AND heartbeat_at < ?.
             models.Index(
                 fields=["heartbeat_at"],

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
@@ -121,6 +122,8 @@ def isolated_dirs(settings, tmp_path):
         folder.mkdir()
         setattr(settings, name, folder)
     training._probe_cache.clear()
+    # Cached answers are keyed by ids a new test database may hand out again.
+    cache.clear()
     yield
 
 

@@ -12,10 +12,18 @@ def body(**overrides):
     return data
 
 
-def test_health_needs_no_authentication(anon_api):
-    response = anon_api.get("/api/health")
+def test_health_needs_no_authentication_and_no_database(anon_api, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        response = anon_api.get("/api/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": True}
+    assert response.json() == {"status": "ok"}
+
+
+def test_readiness_touches_the_database(anon_api, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        response = anon_api.get("/api/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "detail": None}
 
 
 @pytest.mark.parametrize(
@@ -50,6 +58,18 @@ def test_tokens_are_stored_hashed_and_record_last_use(api, user):
     record.refresh_from_db()
     assert record.last_used_at is not None
     assert len(record.token_hash) == 64 and record.prefix.startswith("trt_")
+
+
+def test_last_use_is_written_once_a_minute_not_on_every_request(api, user):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(20):
+            assert api.get("/api/tunix/runs").status_code == 200
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(writes) == 1 and "runs_apitoken" in writes[0]
+    assert user.api_tokens.get().last_used_at is not None
 
 
 def test_dry_run_via_api_returns_201_with_the_config(api, dataset, tiny_model_dir):

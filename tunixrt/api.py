@@ -4,12 +4,14 @@ from django.core.exceptions import RequestDataTooBig
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 
+from runs.api.encoding import FastJSONRenderer
 from runs.api.jobs import router as jobs_router
 from runs.api.runs import router as runs_router
 from runs.datasets.api import router as datasets_router
 from runs.errors import ServiceError
 
 api = NinjaAPI(
+    renderer=FastJSONRenderer(),
     title="tunix-rt API",
     version="1",
     description=(

@@ -71,13 +71,14 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Before whitenoise's runserver: ours wraps it and sets TCP_NODELAY (see its docstring).
+    "runs",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
     # The API docs page then uses Swagger UI's files from the package, not a CDN.
     "ninja",
     "django_q",
-    "runs",
 ]
 
 MIDDLEWARE = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -103,7 +104,11 @@ class ErrorOut(Schema):
 
 class HealthOut(Schema):
     status: Literal["ok"]
-    database: bool
+
+
+class ReadyOut(Schema):
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None
 
 
 class TunixStatusOut(Schema):
@@ -221,12 +226,43 @@ class RunDetailOut(RunOut):
         return _stream_tails(obj)["stderr"][1]
 
 
+class RunListItemOut(Schema):
+    """What a list row shows; `GET /api/tunix/runs/{id}` has the rest (config, command, ...)."""
+
+    id: UUID
+    owner: str = Field(..., alias="owner.username")
+    name: str
+    status: RunStatusName
+    mode: RunModeName
+    model_id: str
+    dataset_key: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    phase: str
+    progress_step: int | None
+    progress_total: int | None
+    final_loss: float | None = Field(
+        None, description="The last train/loss reported (so far, for an active run)."
+    )
+    pinned: bool
+
+    @staticmethod
+    def resolve_final_loss(obj) -> float | None:
+        value = getattr(obj, "final_loss", None)
+        return value if value is not None and math.isfinite(value) else None
+
+
 class RunPageOut(Schema):
-    items: list[RunOut]
-    count: int
-    page: int
+    items: list[RunListItemOut]
+    count: int = Field(..., description="Runs matching the filters; 1,000 when there are more.")
+    count_exact: bool = Field(..., description="false: there are more than `count` runs.")
+    next_cursor: str | None = Field(..., description="Pass as `cursor` for older runs.")
+    prev_cursor: str | None = Field(..., description="Pass as `before` for newer runs.")
+    page: int | None = Field(..., description="The page number, when paged by number.")
     page_size: int
-    pages: int
+    pages: int | None = Field(..., description="Number of pages, when paged by number and exact.")
 
 
 # --- datasets ---------------------------------------------------------------------------

@@ -74,14 +74,25 @@ def run_list(request):
         model_id=filters["model"] or None,
         q=filters["q"] or None,
     )
-    page = selectors.paginate(runs, page=_page_number(request), page_size=25)
+    try:
+        page = selectors.runs_page(
+            runs,
+            page_size=25,
+            cursor=request.GET.get("cursor", "")[:200] or None,
+            before=request.GET.get("before", "")[:200] or None,
+            page=_page_number(request),
+        )
+    except InvalidInput:
+        # A cursor mangled by hand, or a page number too deep: the newest runs instead.
+        page = selectors.runs_page(runs, page_size=25)
     query = request.GET.copy()
-    query.pop("page", None)
+    for key in ("page", "cursor", "before"):
+        query.pop(key, None)
     context = {
         "page": page,
         "filters": filters,
         "query": query.urlencode(),
-        "options": selectors.run_filter_options(visible),
+        "options": selectors.run_filter_options(request.user),
         "statuses": RunStatus.choices,
         "modes": RunMode.choices,
     }

@@ -1,6 +1,7 @@
 """Reads of runs shared by the API, the pages and the admin. Datasets have their own in
 `runs.datasets.selectors`; files in `runs.storage`."""
 
+from .answers import run_answer, run_answer_forget
 from .compare import run_comparison, runs_for_compare
 from .evaluations import (
     evaluation_change_counts,
@@ -21,24 +22,38 @@ from .logs import (
     run_stream_tail,
 )
 from .runs import (
+    COUNT_CAP,
     Page,
+    RunPage,
+    count_capped,
+    database_reachable,
     paginate,
     queue_position,
     run_children,
     run_filter_options,
     run_for_user,
     runs_filter,
+    runs_for_list,
+    runs_page,
     runs_related_counts,
     runs_visible_to,
 )
 
 __all__ = [
+    "run_answer",
+    "run_answer_forget",
     "runs_visible_to",
     "run_for_user",
     "run_children",
     "runs_filter",
     "Page",
     "paginate",
+    "COUNT_CAP",
+    "database_reachable",
+    "RunPage",
+    "count_capped",
+    "runs_for_list",
+    "runs_page",
     "queue_position",
     "run_filter_options",
     "runs_related_counts",

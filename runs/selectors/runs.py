@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db.models import Count, Q, QuerySet
+from django.core.cache import cache
+from django.db import DatabaseError, connection
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
-from ..errors import Conflict, Forbidden, NotFound
+from ..errors import Conflict, Forbidden, InvalidInput, NotFound
 from ..models import LogChunk, Metric, RunKind, RunStatus, TunixRun
+
+# What a list row shows. The big JSON columns (config, command, environment) and the
+# message stay in the database: a list page of 50 runs is a few KB, not 150.
+LIST_COLUMNS = (
+    "id",
+    "owner_id",
+    "owner__username",
+    "name",
+    "status",
+    "mode",
+    "dataset_key",
+    "model_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "phase",
+    "progress_step",
+    "progress_total",
+    "pinned",
+)
+LIST_VALUES = (*(c for c in LIST_COLUMNS if c != "owner_id"), "final_loss")
+# Past this many matches a list says "more than N" instead of counting them all: the count
+# reads at most N+1 index entries, whatever the table's size.
+COUNT_CAP = 1000
+# Page numbers (offset paging) still work this deep; further, follow `next_cursor`.
+MAX_OFFSET = 10_000
+
+
+def database_reachable() -> bool:
+    """One round trip to the database (readiness)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return cursor.fetchone() == (1,)
+    except DatabaseError:
+        return False
 
 
 def runs_visible_to(user) -> QuerySet[TunixRun]:
@@ -32,11 +73,14 @@ def id_prefix_range(text: str) -> tuple[uuid.UUID, uuid.UUID] | None:
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
-def run_for_user(*, user, run_id) -> TunixRun:
+def run_for_user(*, user, run_id, related=("owner", "dataset", "parent"), columns=None) -> TunixRun:
     """The run by its id or by a unique prefix of it (at least MIN_ID_PREFIX hex digits,
     as the pages and the CLI show them). 404 when there is none, 409 when a prefix fits
-    several of the user's runs, 403 when a full id is someone else's run."""
-    runs = TunixRun.objects.select_related("owner", "dataset", "parent")
+    several of the user's runs, 403 when a full id is someone else's run. `related` rows
+    are joined; `columns` limits what is read (the others load on first access)."""
+    runs = TunixRun.objects.select_related(*related)
+    if columns:
+        runs = runs.only(*columns)
     text = str(run_id)
     try:
         run = runs.get(id=uuid.UUID(text))
@@ -105,6 +149,17 @@ def runs_filter(
     return queryset.order_by("-created_at", "-id")
 
 
+def runs_for_list(queryset: QuerySet[TunixRun]) -> QuerySet[TunixRun]:
+    """Only the columns a list shows, with the last train/loss reported (one index probe per
+    row on metric_run_name_step, read backwards)."""
+    last_loss = (
+        Metric.objects.filter(run=OuterRef("pk"), name="train/loss")
+        .order_by("-step")
+        .values("value")[:1]
+    )
+    return queryset.only(*LIST_COLUMNS).annotate(final_loss=Subquery(last_loss))
+
+
 @dataclass
 class Page:
     items: list
@@ -142,6 +197,138 @@ def paginate(queryset: QuerySet, *, page: int = 1, page_size: int = 25) -> Page:
     return Page(list(queryset[offset : offset + page_size]), queryset.count(), page, page_size)
 
 
+def count_capped(queryset: QuerySet, *, cap: int) -> tuple[int, bool]:
+    """(count, exact): the exact count up to `cap`, else (cap, False), "more than cap".
+    SELECT count(*) FROM (... LIMIT cap + 1): never reads more than cap + 1 rows."""
+    found = queryset.order_by()[: cap + 1].count()
+    return (found, True) if found <= cap else (cap, False)
+
+
+def _position(item) -> tuple[datetime, uuid.UUID]:
+    """(created_at, id) of a run or of a row from .values()."""
+    if isinstance(item, dict):
+        return item["created_at"], item["id"]
+    return item.created_at, item.id
+
+
+def cursor_encode(item) -> str:
+    """An opaque position in the newest-first order: (created_at, id) of a run."""
+    created_at, run_id = _position(item)
+    raw = f"{created_at.isoformat()}|{run_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_decode(cursor: str, *, field: str = "cursor") -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, run_id = raw.split("|")
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when, uuid.UUID(run_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            "Not a cursor of this list.", fields={field: "Not a cursor of this list."}
+        ) from exc
+
+
+@dataclass
+class RunPage:
+    """One page of a run list in newest-first order. `next_cursor` leads to older runs,
+    `prev_cursor` to newer ones (None at either end). `page` is set for offset paging."""
+
+    items: list
+    page_size: int
+    count: int
+    count_exact: bool
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+    page: int | None = None
+
+    @property
+    def pages(self) -> int | None:
+        if not self.count_exact or self.page is None:
+            return None
+        return max(1, -(-self.count // self.page_size))
+
+    def as_dict(self) -> dict:
+        return {
+            "items": self.items,
+            "count": self.count,
+            "count_exact": self.count_exact,
+            "next_cursor": self.next_cursor,
+            "prev_cursor": self.prev_cursor,
+            "page": self.page,
+            "page_size": self.page_size,
+            "pages": self.pages,
+        }
+
+
+def _older(when: datetime, run_id: uuid.UUID) -> Q:
+    # (created_at, id) < (when, run_id). `created_at <= when` is the index range condition
+    # (a row comparison written as OR would be a filter on every row from the top).
+    return Q(created_at__lte=when) & (Q(created_at__lt=when) | Q(id__lt=run_id))
+
+
+def _newer(when: datetime, run_id: uuid.UUID) -> Q:
+    return Q(created_at__gte=when) & (Q(created_at__gt=when) | Q(id__gt=run_id))
+
+
+def runs_page(
+    queryset: QuerySet[TunixRun],
+    *,
+    page_size: int = 25,
+    cursor: str | None = None,
+    before: str | None = None,
+    page: int = 1,
+    rows: bool = False,
+) -> RunPage:
+    """A page of `queryset` (newest first): after `cursor` (older runs), before `before`
+    (newer runs), or by page number (offset, for small offsets). Keyset pages cost the same
+    at any depth; the count is capped (see count_capped). `rows`: items are dicts of
+    LIST_VALUES instead of model instances (no model or getter overhead, for the API)."""
+    count, exact = count_capped(queryset, cap=COUNT_CAP)
+    listed = runs_for_list(queryset)
+    if rows:
+        listed = listed.values(*LIST_VALUES)
+    result = RunPage(items=[], page_size=page_size, count=count, count_exact=exact)
+    if cursor:
+        rows = list(listed.filter(_older(*cursor_decode(cursor)))[: page_size + 1])
+        result.items = rows[:page_size]
+        more_newer = bool(result.items) and queryset.filter(_newer_than(result.items[0])).exists()
+        more_older = len(rows) > page_size
+    elif before:
+        rows = list(
+            listed.filter(_newer(*cursor_decode(before, field="before"))).order_by(
+                "created_at", "id"
+            )[: page_size + 1]
+        )
+        result.items = rows[:page_size][::-1]
+        more_newer = len(rows) > page_size
+        more_older = bool(result.items) and queryset.filter(_older_than(result.items[-1])).exists()
+    else:
+        offset = (page - 1) * page_size
+        if offset > MAX_OFFSET:
+            message = f"Page numbers reach {MAX_OFFSET} runs deep; follow next_cursor instead."
+            raise InvalidInput(message, fields={"page": message})
+        rows = list(listed[offset : offset + page_size + 1])
+        result.items, result.page = rows[:page_size], page
+        more_newer, more_older = page > 1, len(rows) > page_size
+    if result.items and more_older:
+        result.next_cursor = cursor_encode(result.items[-1])
+    if result.items and more_newer:
+        result.prev_cursor = cursor_encode(result.items[0])
+    return result
+
+
+def _newer_than(item) -> Q:
+    return _newer(*_position(item))
+
+
+def _older_than(item) -> Q:
+    return _older(*_position(item))
+
+
 def queue_position(run: TunixRun) -> int | None:
     """1 for the next pending local run to start, 2 for the one after, and so on."""
     if run.status != RunStatus.PENDING:
@@ -152,8 +339,20 @@ def queue_position(run: TunixRun) -> int | None:
     return ahead + 1
 
 
-def run_filter_options(queryset: QuerySet[TunixRun], *, limit: int = 200) -> dict[str, list]:
-    """Dataset keys and model ids that occur among `queryset`, for the run list's filters."""
+# The filter menus of the run list change rarely, and DISTINCT over everyone's runs reads a
+# whole index (staff): each process keeps them this long.
+FILTER_OPTIONS_SECONDS = 30
+
+
+def run_filter_options(user, *, limit: int = 200) -> dict[str, list]:
+    """Dataset keys and model ids among the runs `user` sees, for the run list's filters."""
+    key = "tunixrt:run-filter-options:" + ("staff" if user.is_staff else str(user.pk))
+    return cache.get_or_set(
+        key, lambda: _filter_options(runs_visible_to(user), limit), FILTER_OPTIONS_SECONDS
+    )
+
+
+def _filter_options(queryset: QuerySet[TunixRun], limit: int) -> dict[str, list]:
     return {
         "datasets": list(
             queryset.order_by("dataset_key")

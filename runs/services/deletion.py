@@ -9,6 +9,7 @@ from django.db import transaction
 
 from ..errors import Conflict, NotFound
 from ..models import ACTIVE_STATUSES, TunixRun
+from ..selectors.answers import run_answer_forget
 from . import retention
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def run_delete(*, run: TunixRun) -> int:
         for job in jobs:
             deletions += retention.record_folder_deletion(job)
         locked.delete()
+    run_answer_forget(run.id)
     return retention.remove_folders(deletions)[1]
 
 

@@ -29,6 +29,7 @@ from django.db import close_old_connections
 from runs import services
 
 MANAGE = Path(settings.BASE_DIR) / "manage.py"
+GUNICORN = Path(settings.BASE_DIR) / "tunixrt" / "gunicorn_settings.py"
 # After the cancel grace: time for the supervisor to notice the cancel (it checks every
 # second) and for the worker and its cluster to exit.
 EXIT_MARGIN_SECONDS = 8
@@ -39,13 +40,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
+        parser.add_argument(
+            "--production",
+            action="store_true",
+            help="Serve with gunicorn (tunixrt/gunicorn_settings.py) instead of runserver.",
+        )
 
-    def handle(self, *args, addrport, **options):
+    def handle(self, *args, addrport, production=False, **options):
         self.stop_signal: int | None = None
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         cluster = _spawn("qcluster")
-        web = _spawn("runserver", "--noreload", addrport)
+        if production:
+            web = _spawn_program(
+                [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN), "tunixrt.wsgi"],
+                env={**os.environ, "TUNIXRT_BIND": addrport},
+            )
+        else:
+            web = _spawn("runserver", "--noreload", addrport)
         self._banner(addrport)
         while self.stop_signal is None and cluster.poll() is None and web.poll() is None:
             time.sleep(0.2)
@@ -107,8 +119,13 @@ class Command(BaseCommand):
 
 
 def _spawn(*argv: str) -> subprocess.Popen:
+    return _spawn_program([sys.executable, str(MANAGE), *argv])
+
+
+def _spawn_program(argv: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(MANAGE), *argv],
+        argv,
+        env=env,
         start_new_session=True,  # its own process group: see the module's docstring
         preexec_fn=_stop_with_parent,  # noqa: PLW1509 - only async-signal-safe work
     )
