@@ -205,6 +205,14 @@ def model_config_check(family: str, hf: dict) -> tuple[dict, list[str]]:
 Segment = tuple[str, bool]
 LLAMA3_DATE = "26 Jul 2024"  # the official template's default "Today Date"
 QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# The marker that ends a turn in each family's format (generation stops at it).
+END_OF_TURN = {
+    "llama3": "<|eot_id|>",
+    "gemma2": "<end_of_turn>",
+    "gemma3": "<end_of_turn>",
+    "qwen2": "<|im_end|>",
+    "qwen3": "<|im_end|>",
+}
 BUILTIN_TEMPLATE_NAMES = {
     "llama3": "built-in Llama 3.1 format (system header with knowledge and today's date)",
     "gemma2": "built-in Gemma format (a system message opens the first user turn)",

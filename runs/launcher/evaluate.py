@@ -42,8 +42,9 @@ def eval_rows(dataset: dict, max_rows: int, renderer: Renderer) -> list[dict]:
 
 
 def reference_text(completion: str, family: str) -> str:
-    end = protocol.CHAT_TEMPLATES[family].end_turn
-    return completion[: -len(end)] if end and completion.endswith(end) else completion
+    text = completion.rstrip("\n")
+    end = protocol.END_OF_TURN[family]
+    return text[: -len(end)] if text.endswith(end) else text
 
 
 def _generate_all(generator, prompts: list[str], batch: int, progress) -> list[str]:

@@ -29,8 +29,7 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        template = protocol.CHAT_TEMPLATES[family]
-        ends = [template.end_turn.strip(), _configured_eos(model_dir)]
+        ends = [protocol.END_OF_TURN[family], _configured_eos(model_dir)]
         self.stop_ids = [
             i for i in (self.tokenizer.token_to_id(t) for t in ends if t) if i is not None
         ]
