@@ -13,11 +13,49 @@ from typing import Any
 from runs.datasets.validation import RowError
 from runs.protocol import CHAT_TEMPLATES
 
+# The dataset formats each method can train on, and why the others cannot.
+METHOD_FORMATS = {
+    "sft": ("reasoning", "prompt_completion", "messages", "prompt_answer"),
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "grpo": ("reasoning", "prompt_completion", "messages", "prompt_answer"),
+}
+METHOD_NEEDS = {
+    "sft": "SFT needs a prompt and its answer; preference pairs are for DPO and ORPO.",
+    "dpo": "DPO needs preference pairs: a prompt with a chosen and a rejected answer.",
+    "orpo": "ORPO needs preference pairs: a prompt with a chosen and a rejected answer.",
+    "grpo": "GRPO needs a prompt and a reference answer; preference pairs have no single one.",
+}
+
+
+def format_fits(method: str, fmt: str) -> bool:
+    return fmt in METHOD_FORMATS.get(method, ())
+
+
+def default_method(fmt: str) -> str:
+    """The method a dataset page previews a format with."""
+    return "dpo" if fmt == "preference" else "sft"
+
+
+def _prompt_turns(prompt: str | list) -> list[tuple[str, str]]:
+    if isinstance(prompt, str):
+        return [("user", prompt)]
+    return [(m["role"], m["content"]) for m in prompt]
+
+
+def _response(value: str | list) -> str:
+    return value if isinstance(value, str) else value[0]["content"]
+
 
 def row_turns(row: dict, fmt: str) -> tuple[list[tuple[str, str]], str]:
-    """(turns before the answer, the answer) of one row, before any chat template."""
+    """(turns before the answer, the answer) of one row, before any chat template. For a
+    preference pair, the answer is the chosen one."""
     if fmt == "prompt_completion":
         return [("user", row["prompt"])], row["completion"]
+    if fmt == "prompt_answer":
+        return [("user", row["prompt"])], row["answer"]
+    if fmt == "preference":
+        return _prompt_turns(row["prompt"]), _response(row["chosen"])
     if fmt == "reasoning":
         steps = sorted(row["steps"], key=lambda s: s["i"])
         lines = [f"Step {s['i']} ({s['type']}): {s['content']}" for s in steps]
@@ -29,17 +67,39 @@ def row_turns(row: dict, fmt: str) -> tuple[list[tuple[str, str]], str]:
     raise RowError(f"unknown format '{fmt}'")
 
 
-def render_row(row: dict, fmt: str, family: str) -> dict[str, str]:
-    """The exact {prompt, completion} text the launcher trains on (prompt is masked)."""
+def reference_of(row: dict, fmt: str) -> str:
+    """A row's reference for GRPO's rewards: the final answer, the answer, or the whole
+    completion (the reward extracts the answer from it when it is in the answer format)."""
+    if fmt == "reasoning":
+        return row["final_answer"]
+    if fmt == "prompt_answer":
+        return row["answer"]
+    return row_turns(row, fmt)[1]
+
+
+def render_row(row: dict, fmt: str, family: str, method: str = "sft") -> dict[str, str]:
+    """The exact text the launcher trains on: {prompt, completion} for SFT (prompt masked),
+    {prompt, chosen, rejected} for DPO/ORPO, {prompt, answer} for GRPO (the model writes
+    the completion; `answer` is the reference its rewards compare with)."""
+    if not format_fits(method, fmt):
+        raise RowError(METHOD_NEEDS.get(method, f"unknown method '{method}'"))
+    template = CHAT_TEMPLATES[family]
     turns, answer = row_turns(row, fmt)
-    prompt, completion = CHAT_TEMPLATES[family].render(turns, answer)
+    prompt, completion = template.render(turns, answer)
+    if method in ("dpo", "orpo"):
+        rejected = template.render(turns, _response(row["rejected"]))[1]
+        return {"prompt": prompt, "chosen": completion, "rejected": rejected}
+    if method == "grpo":
+        return {"prompt": prompt, "answer": reference_of(row, fmt)}
     return {"prompt": prompt, "completion": completion}
 
 
-def rendered_lines(rows: Iterable[dict], fmt: str, family: str) -> Iterator[str]:
+def rendered_lines(
+    rows: Iterable[dict], fmt: str, family: str, method: str = "sft"
+) -> Iterator[str]:
     """The training JSONL, line by line: what the launcher reads and what export serves."""
     for row in rows:
-        yield json.dumps(render_row(row, fmt, family)) + "\n"
+        yield json.dumps(render_row(row, fmt, family, method)) + "\n"
 
 
 # --- length statistics ------------------------------------------------------------------
@@ -123,7 +183,11 @@ def measure_lengths(
     pending: list[dict[str, str]] = []
 
     def flush() -> None:
-        texts = [r["prompt"] for r in pending] + [r["completion"] for r in pending]
+        # A preference pair is measured with its chosen answer (the rejected one is cut to
+        # the same length budget).
+        texts = [r["prompt"] for r in pending] + [
+            r.get("completion", r.get("chosen", "")) for r in pending
+        ]
         lengths = count(texts)
         half = len(pending)
         for p, c in zip(lengths[:half], lengths[half:], strict=True):
@@ -135,7 +199,7 @@ def measure_lengths(
     for n, row in enumerate(rows):
         if n % every:
             continue
-        pending.append(render_row(row, fmt, family))
+        pending.append(render_row(row, fmt, family, default_method(fmt)))
         if len(pending) >= batch:
             flush()
     if pending:

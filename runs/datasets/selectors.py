@@ -94,7 +94,9 @@ def dataset_preview_rows(dataset: Dataset, *, family: str, limit: int = 5) -> li
     rows = []
     with _reading(dataset):
         for line, row in validation.iter_numbered_rows(dataset_file(dataset)):
-            rendered = rendering.render_row(row, dataset.format, family)
+            rendered = rendering.render_row(
+                row, dataset.format, family, rendering.default_method(dataset.format)
+            )
             rows.append({"line": line, "data": row, **rendered})
             if len(rows) >= limit:
                 break
@@ -105,7 +107,10 @@ def dataset_rendered_lines(dataset: Dataset, *, family: str) -> Iterator[str]:
     """The training JSONL of `dataset` for `family`, streamed: byte for byte what
     datasets.services.dataset_render_to writes for the launcher."""
     return rendering.rendered_lines(
-        validation.iter_rows(dataset_file(dataset)), dataset.format, family
+        validation.iter_rows(dataset_file(dataset)),
+        dataset.format,
+        family,
+        rendering.default_method(dataset.format),
     )
 
 

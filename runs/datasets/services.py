@@ -202,13 +202,14 @@ def dataset_check(dataset: Dataset) -> validation.ValidationReport:
     return report
 
 
-def dataset_render_to(dataset: Dataset, family: str, target: Path) -> int:
-    """Write the rendered {prompt, completion} rows the launcher trains on (the same lines
-    the dataset page exports)."""
+def dataset_render_to(dataset: Dataset, family: str, target: Path, method: str = "sft") -> int:
+    """Write the rendered rows the launcher trains on (the same lines the dataset page
+    exports): {prompt, completion} for SFT, {prompt, chosen, rejected} for DPO/ORPO,
+    {prompt, answer} for GRPO."""
     count = 0
     with open(target, "w", encoding="utf-8") as out:
         for line in rendering.rendered_lines(
-            validation.iter_rows(storage.dataset_path(dataset)), dataset.format, family
+            validation.iter_rows(storage.dataset_path(dataset)), dataset.format, family, method
         ):
             out.write(line)
             count += 1
