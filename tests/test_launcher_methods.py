@@ -3,7 +3,6 @@ a tiny generated Llama-3-style model). Rows are rendered by the web side's own r
 and the config is built by the web side's own config builder."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,4 +104,66 @@ def test_a_preference_run_completes_with_its_metrics(workspace, tiny_model, meth
         assert "train/odds_ratio" in names
     summary = of_kind(events, "summary")[0]
     assert summary["method"] == method and summary["steps"] == 4
+    assert of_kind(events, "checkpoint")
+
+
+@pytest.mark.tunix
+def test_grpo_from_an_sft_result_completes_with_rewards_kl_and_samples(workspace, tiny_model):
+    """SFT first, then GRPO (2 generations, a few steps, short completions) starting from
+    the SFT run's result: its LoRA is merged into the base before GRPO adds its own."""
+    sft_data = render(
+        SAMPLES / "reasoning-sample.jsonl", "reasoning", "sft", workspace / "sft.jsonl"
+    )
+    sft_dir = workspace / "sft"
+    code, _, stderr = launch(sft_dir, config_for(sft_dir, tiny_model, sft_data, max_steps=2))
+    assert code == 0, stderr[-3000:]
+
+    data = render(
+        SAMPLES / "reasoning-sample.jsonl", "reasoning", "grpo", workspace / "grpo.jsonl", limit=24
+    )
+    run_dir = workspace / "grpo"
+    sft_config = json.loads((sft_dir / "config.json").read_text())
+    base_run = {
+        "output_dir": str(sft_dir),
+        "checkpoint_dir": str(sft_dir / "checkpoints"),
+        "lora": sft_config["lora"],
+    }
+    config = config_for(
+        run_dir,
+        tiny_model,
+        data,
+        base_run=base_run,
+        method="grpo",
+        batch_size=2,
+        max_steps=3,
+        max_new_tokens=8,
+        reward_answer_format=0.5,
+        reward_length_penalty=0.1,
+        length_target=10,
+    )
+    code, events, stderr = launch(run_dir, config)
+    assert code == 0, stderr[-3000:]
+    assert "merged" in stderr and "LoRA weights of the base run" in stderr
+    names = metric_names(events)
+    for name in (
+        "train/loss",
+        "train/kl",
+        "train/rewards/answer_match",
+        "train/rewards/answer_format",
+        "train/rewards/length_penalty",
+        "train/rewards/answer_match_std",
+        "train/completions/mean_length",
+    ):
+        assert name in names, (name, sorted(names))
+    penalties = [e["value"] for e in of_kind(events, "metric", name="train/rewards/length_penalty")]
+    assert all(-0.1 <= v <= 0 for v in penalties)
+    samples = of_kind(events, "sample")
+    assert samples and set(samples[0]["rewards"]) == {
+        "answer_match",
+        "answer_format",
+        "length_penalty",
+    }
+    assert isinstance(samples[0]["completion"], str) and samples[0]["answer"]
+    summary = of_kind(events, "summary")[0]
+    assert summary["method"] == "grpo" and summary["steps"] == 3
     assert of_kind(events, "checkpoint")
