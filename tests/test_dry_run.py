@@ -66,10 +66,10 @@ def test_dry_run_with_invalid_rows_names_the_line(run_factory, settings):
     assert "line 3: missing field 'final_answer'" in run.message
 
 
-@pytest.mark.parametrize("name", sorted(HYPERPARAMETERS))
+@pytest.mark.parametrize("name", sorted(n for n, b in HYPERPARAMETERS.items() if b.kind is not str))
 def test_every_hyperparameter_is_checked_below_at_and_above_its_bounds(run_factory, name):
     bound = HYPERPARAMETERS[name]
-    step = 1 if bound.kind is int else bound.minimum / 10
+    step = 1 if bound.kind is int else (abs(bound.minimum) / 10 or 0.01)
     low, high = bound.minimum, bound.maximum
     assert run_factory(**{name: low}).status == RunStatus.COMPLETED
     assert run_factory(**{name: high}).status == RunStatus.COMPLETED

@@ -20,19 +20,25 @@ def hp(name: str, *, change: bool = False) -> Any:
     JSON `true` is not the integer 1, and "5" is not a number. For a change (rerun), absent
     unless given."""
     bound = HYPERPARAMETERS[name]
-    return Field(
-        None if change else bound.default,
-        ge=bound.minimum,
-        le=bound.maximum,
-        description=bound.help,
-        strict=True,
-    )
+    default = None if change else bound.default
+    if bound.kind is str:
+        if bound.choices:
+            return Field(default, description=bound.help)
+        return Field(
+            default, max_length=int(bound.maximum), pattern=r"^[^\x00\n]*$", description=bound.help
+        )
+    return Field(default, ge=bound.minimum, le=bound.maximum, description=bound.help, strict=True)
+
+
+def hp_type(bound) -> Any:
+    """The annotation of a setting: a Literal of its choices, or its kind."""
+    return literal(bound.choices) if bound.choices else bound.kind
 
 
 def hyperparameter_fields(*, change: bool = False) -> dict[str, Any]:
     """Annotations and fields of every hyperparameter, for a schema's namespace."""
     annotations = {
-        name: (bound.kind | None) if (bound.optional or change) else bound.kind
+        name: (hp_type(bound) | None) if (bound.optional or change) else hp_type(bound)
         for name, bound in HYPERPARAMETERS.items()
     }
     fields = {name: hp(name, change=change) for name in HYPERPARAMETERS}
@@ -60,7 +66,8 @@ HyperparametersOut = type(
     (Schema,),
     {
         "__annotations__": {
-            name: (b.kind | None) if b.optional else b.kind for name, b in HYPERPARAMETERS.items()
+            name: (hp_type(b) | None) if b.optional else hp_type(b)
+            for name, b in HYPERPARAMETERS.items()
         }
     },
 )

@@ -51,13 +51,22 @@ def datasets_list(*, q: str | None = None, format: str | None = None) -> QuerySe
     return found.order_by("name", "version")
 
 
-def dataset_choices() -> list[tuple[str, str]]:
+def dataset_choices(method: str | None = None) -> list[tuple[str, str]]:
     """(key, label) pairs for the run form's dataset field:
-    ("sample-v1", "sample-v1 (240 rows, Reasoning traces)")."""
+    ("sample-v1", "sample-v1 (240 rows, Reasoning traces)"); with a method, only the
+    datasets whose format that method can train on."""
+    rows = datasets_all().values_list("key", "row_count", "format")
+    if method:
+        rows = rows.filter(format__in=rendering.METHOD_FORMATS.get(method, ()))
     return [
         (key, f"{key} ({rows} row{'s' if rows != 1 else ''}, {dict(Dataset.Format.choices)[fmt]})")
-        for key, rows, fmt in datasets_all().values_list("key", "row_count", "format")
+        for key, rows, fmt in rows
     ]
+
+
+def datasets_unfit_count(method: str) -> int:
+    """How many datasets the method cannot train on (the form says why)."""
+    return datasets_all().exclude(format__in=rendering.METHOD_FORMATS.get(method, ())).count()
 
 
 @contextlib.contextmanager

@@ -230,6 +230,17 @@ def run_validate(request):
 
 @login_required
 @require_POST
+def run_method_settings(request):
+    """The form again for the chosen method (htmx swaps in its settings and datasets). The
+    values typed so far are kept; nothing is validated yet."""
+    form = RunForm(initial=request.POST.dict())
+    return _render(
+        request, "runs/run_form.html", _form_context(request, form, plan=None), fragment="form"
+    )
+
+
+@login_required
+@require_POST
 def run_preview(request):
     """The exact config and command the form's values would produce (nothing stored)."""
     form = RunForm(request.POST)

@@ -145,6 +145,7 @@ def _eval_batches(prep: Prepared, batch_size: int) -> list:
     ]
 
 
+# long: one phase after another inside the mesh, as in runs.launcher.train.train.
 def train(config: dict, prep: Prepared, events: Events, started: float) -> dict:
     import jax
     from flax import nnx

@@ -242,6 +242,7 @@ def build_cluster(config: dict, prep: Prepared, mesh, model, reference, tokenize
     )
 
 
+# long: one phase after another inside the mesh, as in runs.launcher.train.train.
 def train(config: dict, prep: Prepared, events: Events, started: float) -> dict:
     import jax
     from flax import nnx
