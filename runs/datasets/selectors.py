@@ -279,3 +279,25 @@ def truncation_sentence(figures: dict[str, Any]) -> str:
             else ", and 1 of them dropped because its prompt alone fills it"
         )
     return f"{sentence}. {figures['counted_with']}"
+
+
+def dataset_reward_check(dataset: Dataset, section: dict) -> dict:
+    """The reward dry-run over the dataset's first rows (see reward_check)."""
+    from runs.datasets.reward_check import reward_dry_run
+
+    with _reading(dataset):
+        return reward_dry_run(validation.iter_rows(dataset_file(dataset)), dataset.format, section)
+
+
+def dataset_first_pair(dataset: Dataset, family: str) -> dict | None:
+    """The first preference pair rendered for `family` (chosen beside rejected), with token
+    counts when the model's tokenizer is at hand, else character counts."""
+    with _reading(dataset):
+        for row in validation.iter_rows(dataset_file(dataset)):
+            pair = rendering.render_row(row, dataset.format, family, "dpo")
+            return {
+                **pair,
+                "unit": "characters",
+                "counts": {k: len(v) for k, v in pair.items()},
+            }
+    return None

@@ -290,6 +290,8 @@ def run_detail(request, run_id):
         "resume_step": storage.run_latest_checkpoint(run),
         "files": storage.run_output_files(run, limit=OUTPUT_FILES_SHOWN),
         "polling": run.is_active,
+        "chain": selectors.run_chain(run),
+        "samples": selectors.run_samples(run),
     }
     return _render(request, "runs/run_detail.html", context)
 

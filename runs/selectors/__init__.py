@@ -15,14 +15,18 @@ from .runs import (
     Page,
     paginate,
     queue_position,
+    run_chain,
     run_filter_options,
     run_for_user,
+    run_samples,
     runs_filter,
     runs_related_counts,
     runs_visible_to,
 )
 
 __all__ = [
+    "run_chain",
+    "run_samples",
     "runs_visible_to",
     "run_for_user",
     "runs_filter",

@@ -15,7 +15,12 @@ from django.utils import timezone
 
 from .. import protocol, storage, training
 from ..datasets import rendering
-from ..datasets.selectors import dataset_truncation, truncation_sentence
+from ..datasets.selectors import (
+    dataset_first_pair,
+    dataset_reward_check,
+    dataset_truncation,
+    truncation_sentence,
+)
 from ..datasets.services import dataset_check
 from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
@@ -327,6 +332,20 @@ def _finish_dry_run(plan: RunPlan) -> None:
     if figures is not None:
         run.environment = {**run.environment, "dataset_stats": figures}
         run.message += " " + truncation_sentence(figures)
+    if run.method == "grpo":
+        check = dataset_reward_check(run.dataset, run.config["method"]["rewards"])
+        run.environment = {**run.environment, "reward_check": check}
+        if check["warnings"]:
+            run.message += " Reward check: " + " ".join(check["warnings"])
+        else:
+            run.message += (
+                f" Reward check: the {check['rows']} references get every reward's maximum "
+                "and no wrong answer does."
+            )
+    elif run.method in ("dpo", "orpo"):
+        pair = dataset_first_pair(run.dataset, run.model_family)
+        if pair:
+            run.environment = {**run.environment, "preference_pair": pair}
 
 
 def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict | None:
