@@ -157,3 +157,25 @@ def test_the_run_page_shows_the_reward_check_the_chain_and_escaped_samples(
     assert 'id="reward-check"' in page and "answer_match" in page
     assert 'id="run-chain"' in page and base.id.hex[:8] in page.replace("-", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+
+
+def test_the_api_takes_the_method_and_its_settings_and_refuses_unknown_choices(
+    api, dataset, tiny_model_dir
+):
+    body = {
+        "dataset_key": dataset.key,
+        "model_id": tiny_model_dir,
+        "method": "grpo",
+        "num_generations": 4,
+        "grpo_variant": "drgrpo",
+    }
+    response = api.post("/api/tunix/run", body)
+    assert response.status_code == 201, response.content
+    config = response.json()["config"]["method"]
+    assert config["num_generations"] == 4 and config["variant"] == "drgrpo"
+    assert config["rewards"]["rewards"] == [{"name": "answer_match", "weight": 1.0}]
+    assert api.post("/api/tunix/run", {**body, "method": "ppo"}).status_code == 422
+    refused = api.post("/api/tunix/run", {**body, "extra_rewards": "not_installed:1"})
+    assert (
+        refused.status_code == 422 and "Not installed" in refused.json()["fields"]["extra_rewards"]
+    )

@@ -131,6 +131,9 @@ class RunIn(HyperparametersIn):
         description="Relative to the artifacts root; default runs/<id>.",
     )
     dry_run: bool = Field(True, description="Validate and build the config; execute nothing.")
+    base_run_id: UUID | None = Field(
+        None, description="Start from this completed LoRA run's result (merged into the base)."
+    )
     name: str = Field("", max_length=200, pattern=TEXT)
     timeout_seconds: int | None = Field(None, ge=10, le=settings.RUN_TIMEOUT_MAX, strict=True)
 
