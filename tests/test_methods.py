@@ -179,3 +179,17 @@ def test_the_api_takes_the_method_and_its_settings_and_refuses_unknown_choices(
     assert (
         refused.status_code == 422 and "Not installed" in refused.json()["fields"]["extra_rewards"]
     )
+
+
+def test_choosing_a_method_swaps_in_its_settings_and_the_datasets_that_fit(client, user, dataset):
+    pairs = import_dataset(name="pairs", path=PREFERENCE)
+    client.force_login(user)
+    page = client.post("/runs/new/method/", {"method": "dpo"}, HTTP_HX_REQUEST="true")
+    html = page.content.decode()
+    assert 'id="method-dependent"' in html
+    assert 'name="dpo_beta"' in html and 'name="num_generations"' not in html
+    assert f'value="{pairs.key}"' in html and f'value="{dataset.key}"' not in html
+    assert "1 other dataset not listed: DPO needs preference pairs" in html
+    grpo = client.post("/runs/new/method/", {"method": "grpo"}, HTTP_HX_REQUEST="true")
+    assert 'name="num_generations"' in grpo.content.decode()
+    assert f'value="{dataset.key}"' in grpo.content.decode()
