@@ -27,16 +27,22 @@ def _label(name: str) -> str:
 
 
 def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Field:
+    # A method's own settings (and the method) may be left out: the service fills in their
+    # defaults, so a form that does not show them still submits.
     if bound.kind is str:
         label = _label(name)
         if bound.choices:
             choices = [(c, hyperparameters.METHOD_LABELS.get(c, c)) for c in bound.choices]
             return forms.ChoiceField(
-                label=label, choices=choices, initial=bound.default, help_text=bound.help
+                label=label,
+                choices=choices,
+                initial=bound.default,
+                help_text=bound.help,
+                required=False,
             )
         return forms.CharField(
             label=label,
-            required=bool(bound.minimum),
+            required=False,
             initial=bound.default,
             max_length=int(bound.maximum),
             strip=False,
@@ -46,7 +52,7 @@ def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Fiel
     help_text = f"{bound.help} {bounds}" + ("; empty for no limit." if bound.optional else ".")
     common = {
         "label": _label(name),
-        "required": not bound.optional,
+        "required": not bound.optional and bound.methods == hyperparameters.ALL_METHODS,
         "initial": bound.default,
         "min_value": bound.minimum,
         "max_value": bound.maximum,
