@@ -55,7 +55,7 @@ def detect_format(row: Any) -> str | None:
         return "reasoning"
     if "completion" in row:
         return "prompt_completion"
-    if "answer" in row:
+    if "answer" in row and "prompt" in row:
         return "prompt_answer"
     return None
 
@@ -339,7 +339,8 @@ def _check_line(report: ValidationReport, line_no: int, raw: bytes) -> None:
             else:
                 message = (
                     "cannot tell the format; expected fields 'prompt' and 'completion', "
-                    "or 'prompt', 'steps' and 'final_answer', or 'messages'"
+                    "or 'prompt', 'steps' and 'final_answer', or 'messages', "
+                    "or 'prompt' and 'answer', or 'prompt', 'chosen' and 'rejected'"
                 )
             _error(report, f"line {line_no}: {message}")
             return
