@@ -18,6 +18,8 @@ class Dataset(models.Model):
         REASONING = "reasoning", "Reasoning traces"
         PROMPT_COMPLETION = "prompt_completion", "Prompt / completion"
         MESSAGES = "messages", "Chat messages"
+        PREFERENCE = "preference", "Preference pairs"
+        PROMPT_ANSWER = "prompt_answer", "Prompt / answer"
 
     key = models.CharField(max_length=160, unique=True)
     name = models.CharField(max_length=100)
@@ -58,6 +60,14 @@ class RunStatus(models.TextChoices):
 
 ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
 FINAL_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.CANCELLED)
+
+
+class RunMethod(models.TextChoices):
+    # The same values as runs.hyperparameters.METHODS (a test keeps them equal).
+    SFT = "sft", "SFT"
+    DPO = "dpo", "DPO"
+    ORPO = "orpo", "ORPO"
+    GRPO = "grpo", "GRPO"
 
 
 class RunMode(models.TextChoices):
@@ -116,6 +126,35 @@ class TunixRun(models.Model):
     compute_dtype = models.CharField(max_length=8, choices=_choices(COMPUTE_DTYPES), default="fp32")
     checkpoint_every_n_steps = models.PositiveIntegerField(default=50)
     checkpoints_to_keep = models.PositiveIntegerField(default=3)
+    # The method and its settings; which method uses which is in runs/hyperparameters.py.
+    # Every run stores them all (defaults where the method does not use them).
+    method = models.CharField(max_length=8, choices=RunMethod.choices, default=RunMethod.SFT)
+    dpo_beta = models.FloatField(default=0.1)
+    orpo_lambda = models.FloatField(default=0.1)
+    grpo_variant = models.CharField(max_length=16, default="grpo")
+    grpo_loss = models.CharField(max_length=16, default="grpo")
+    num_generations = models.PositiveIntegerField(default=2)
+    num_iterations = models.PositiveIntegerField(default=1)
+    kl_beta = models.FloatField(default=0.04)
+    clip_epsilon = models.FloatField(default=0.2)
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    temperature = models.FloatField(default=0.9)
+    top_p = models.FloatField(default=1.0)
+    reward_answer_match = models.FloatField(default=1.0)
+    reward_answer_format = models.FloatField(default=0.0)
+    reward_length_penalty = models.FloatField(default=0.0)
+    reward_reasoning_format = models.FloatField(default=0.0)
+    answer_extraction = models.CharField(max_length=16, default="marker")
+    answer_marker = models.CharField(max_length=64, default="Final answer:")
+    answer_tag = models.CharField(max_length=32, default="answer")
+    answer_match_mode = models.CharField(max_length=16, default="numeric")
+    answer_tolerance = models.FloatField(default=1e-6)
+    length_target = models.PositiveIntegerField(default=400)
+    extra_rewards = models.CharField(max_length=300, blank=True, default="")
+    # Start from another run's result: its LoRA is merged into its base before training.
+    base_run = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="derived_runs"
+    )
     timeout_seconds = models.PositiveIntegerField()
 
     # What executes: the resolved config and the exact argv. Stored, never re-derived.

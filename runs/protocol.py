@@ -41,6 +41,8 @@ EVENT_CHECKPOINT = "checkpoint"
 EVENT_RESUMED = "resumed"
 EVENT_SUMMARY = "summary"
 EVENT_ERROR = "error"
+# A generated completion with its rewards (GRPO evaluations), shown escaped on the run page.
+EVENT_SAMPLE = "sample"
 EVENTS = (
     EVENT_PHASE,
     EVENT_ENVIRONMENT,
@@ -50,9 +52,10 @@ EVENTS = (
     EVENT_RESUMED,
     EVENT_SUMMARY,
     EVENT_ERROR,
+    EVENT_SAMPLE,
 )
 # Events kept in the run's environment as its history (bounded by the supervisor).
-HISTORY_EVENTS = (EVENT_CHECKPOINT, EVENT_SUMMARY, EVENT_RESUMED)
+HISTORY_EVENTS = (EVENT_CHECKPOINT, EVENT_SUMMARY, EVENT_RESUMED, EVENT_SAMPLE)
 
 # --- phases -----------------------------------------------------------------------------
 PHASE_QUEUED = "queued"

@@ -235,15 +235,20 @@ def dataset_check(dataset: Dataset) -> validation.ValidationReport:
     return report
 
 
-def dataset_render_to(dataset: Dataset, family: str, target: Path) -> int:
-    """Write the training file the launcher reads: each row as a conversation, which the
-    launcher renders with the checkpoint's chat template or `family`'s built-in one (the
-    dataset page's export shows that text for the built-in template)."""
+def dataset_render_to(dataset: Dataset, family: str, target: Path, method: str = "sft") -> int:
+    """Write the training file the launcher reads. SFT: each row as a conversation, which
+    the launcher renders with the checkpoint's chat template or `family`'s built-in one (the
+    dataset page's export shows that text for the built-in template). DPO/ORPO and GRPO: the
+    rows rendered here with the built-in template, {prompt, chosen, rejected} and
+    {prompt, answer}."""
+    rows = validation.iter_rows(storage.dataset_path(dataset))
+    if method == "sft":
+        lines = rendering.training_lines(rows, dataset.format)
+    else:
+        lines = rendering.rendered_lines(rows, dataset.format, family, method=method)
     count = 0
     with open(target, "w", encoding="utf-8") as out:
-        for line in rendering.training_lines(
-            validation.iter_rows(storage.dataset_path(dataset)), dataset.format
-        ):
+        for line in lines:
             out.write(line)
             count += 1
     return count

@@ -9,6 +9,7 @@ urlpatterns = [
     path("runs/new/", views.run_new, name="new"),
     path("runs/new/validate/", views.run_validate, name="validate"),
     path("runs/new/preview/", views.run_preview, name="preview"),
+    path("runs/new/method/", views.run_method_settings, name="method_settings"),
     path("runs/compare/", views.run_compare, name="compare"),
     path("runs/<uuid:run_id>/", views.run_detail, name="detail"),
     path("runs/<uuid:run_id>/row/", views.run_row, name="row"),

@@ -82,7 +82,7 @@ def run_prepare(*, run: TunixRun) -> tuple[Path, dict[str, str]]:
         if run.dataset is None:
             raise ValueError(f"dataset {run.dataset_key} no longer exists")
         rendered = output_path / protocol.TRAIN_DATA_FILENAME
-        dataset_render_to(run.dataset, run.model_family, rendered)
+        dataset_render_to(run.dataset, run.model_family, rendered, run.method)
     config_path = output_path / protocol.CONFIG_FILENAME
     config_path.write_text(json.dumps(run.config, indent=2))
     return output_path, {**env, **training.launcher_environment()}
