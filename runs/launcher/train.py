@@ -175,7 +175,8 @@ def resume_from_parent(config: dict, prep: Prepared, events: Events) -> int | No
             f"nothing to train: the checkpoint is at step {resumed_from} "
             f"and the run stops at step {total_steps}"
         )
-    per_epoch = prep.plan["batches_per_epoch"] or 1
+    # Methods other than SFT prepare no plan: their epochs are then counted in steps.
+    per_epoch = (getattr(prep, "plan", None) or {}).get("batches_per_epoch") or 1
     events.emit(
         protocol.EVENT_RESUMED,
         from_step=resumed_from,

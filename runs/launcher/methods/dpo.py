@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runs import protocol
 from runs.launcher.checkpoints import complete_steps
-from runs.launcher.data import EvalBatches, split_rows
+from runs.launcher.data import split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.methods import common
 from runs.launcher.models import read_hf_config, resolve_model_dir
@@ -55,7 +55,8 @@ def prepare(config: dict) -> Prepared:
     hf = read_hf_config(model_dir, model_cfg["family"])
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     rows = common.read_jsonl(Path(config["dataset"]["path"]), ("prompt", "chosen", "rejected"))
-    train_rows, eval_rows = split_rows(rows, config["dataset"]["eval_fraction"], t["seed"])
+    split_seed = config["dataset"].get("split_seed", t["seed"])
+    train_rows, eval_rows = split_rows(rows, config["dataset"]["eval_fraction"], split_seed)
 
     def encode(row):
         ids = [
@@ -157,9 +158,9 @@ def train(config: dict, prep: Prepared, events: Events, started: float) -> dict:
     t, method = config["training"], config["method"]
     total_steps = prep.total_steps
     checkpoint_dir = Path(config["output"]["checkpoint_dir"])
-    resumed_from = resume_from_parent(config, total_steps, events)
-    eval_batches = _eval_batches(prep, t["batch_size"])
-    eval_ds = EvalBatches(eval_batches, skip_first=resumed_from is not None) or None
+    resumed_from = resume_from_parent(config, prep, events)
+    # Every evaluation sees the held-out pairs, the first after a resume too.
+    eval_ds = _eval_batches(prep, t["batch_size"]) or None
     mesh = build_mesh()
     with mesh:
         base = common.create_base(config, prep.model_dir, prep.hf, mesh)

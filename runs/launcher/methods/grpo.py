@@ -70,7 +70,8 @@ def prepare(config: dict) -> Prepared:
         )
     if not kept:
         raise LaunchError(f"no rows left: every prompt is longer than {limit} tokens")
-    train_rows, eval_rows = split_rows(kept, config["dataset"]["eval_fraction"], t["seed"])
+    split_seed = config["dataset"].get("split_seed", t["seed"])
+    train_rows, eval_rows = split_rows(kept, config["dataset"]["eval_fraction"], split_seed)
     per_epoch = -(-len(train_rows) // t["batch_size"])
     data_steps = per_epoch * t["num_epochs"] * method["num_iterations"]
     longest = max(n for n in lengths if n <= limit)
