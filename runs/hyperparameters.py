@@ -270,10 +270,11 @@ def validate_hyperparameters(values: dict[str, Any]) -> tuple[dict[str, Any], di
 
 
 def _check_text(name: str, bound: Bound, value: Any) -> str | None:
+    if bound.choices:
+        ok = isinstance(value, str) and value in bound.choices
+        return None if ok else f"Must be one of {bound.describe()}."
     if not isinstance(value, str):
         return "Must be text."
-    if bound.choices:
-        return None if value in bound.choices else f"Must be one of {bound.describe()}."
     if len(value) > bound.maximum:
         return f"At most {int(bound.maximum)} characters."
     if "\x00" in value or "\n" in value:
