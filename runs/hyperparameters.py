@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from runs.launcher.rewards import EXTRACTIONS, MATCH_MODES, RewardError, parse_reward_list
-from runs.protocol import COMPUTE_DTYPES, LONG_COMPLETIONS, LR_SCHEDULES
+from runs.protocol import (
+    COMPUTE_DTYPES,
+    GRPO_LOSSES,
+    GRPO_VARIANTS,
+    LONG_COMPLETIONS,
+    LR_SCHEDULES,
+)
 
 # The post-training methods a run can use (Tunix's PeftTrainer, DPOTrainer with
 # algorithm dpo/orpo, GRPOLearner and its variants).
@@ -145,7 +151,7 @@ HYPERPARAMETERS: dict[str, Bound] = {
         0,
         "GRPO, DAPO or Dr. GRPO.",
         methods=_GRPO,
-        choices=("grpo", "dapo", "drgrpo"),
+        choices=GRPO_VARIANTS,
     ),
     "grpo_loss": Bound(
         str,
@@ -154,7 +160,7 @@ HYPERPARAMETERS: dict[str, Bound] = {
         0,
         "Token-level GRPO loss or sequence-level GSPO.",
         methods=_GRPO,
-        choices=("grpo", "gspo-token"),
+        choices=GRPO_LOSSES,
     ),
     "num_generations": Bound(int, 2, 2, 64, "Completions sampled per prompt.", methods=_GRPO),
     "num_iterations": Bound(int, 1, 1, 16, "Updates per batch of completions.", methods=_GRPO),

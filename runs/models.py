@@ -4,7 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from .protocol import COMPUTE_DTYPES, LONG_COMPLETIONS, LR_SCHEDULES
+from .launcher.rewards import EXTRACTIONS, MATCH_MODES
+from .protocol import COMPUTE_DTYPES, GRPO_LOSSES, GRPO_VARIANTS, LONG_COMPLETIONS, LR_SCHEDULES
 
 
 def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -131,8 +132,8 @@ class TunixRun(models.Model):
     method = models.CharField(max_length=8, choices=RunMethod.choices, default=RunMethod.SFT)
     dpo_beta = models.FloatField(default=0.1)
     orpo_lambda = models.FloatField(default=0.1)
-    grpo_variant = models.CharField(max_length=16, default="grpo")
-    grpo_loss = models.CharField(max_length=16, default="grpo")
+    grpo_variant = models.CharField(max_length=16, choices=_choices(GRPO_VARIANTS), default="grpo")
+    grpo_loss = models.CharField(max_length=16, choices=_choices(GRPO_LOSSES), default="grpo")
     num_generations = models.PositiveIntegerField(default=2)
     num_iterations = models.PositiveIntegerField(default=1)
     kl_beta = models.FloatField(default=0.04)
@@ -144,10 +145,14 @@ class TunixRun(models.Model):
     reward_answer_format = models.FloatField(default=0.0)
     reward_length_penalty = models.FloatField(default=0.0)
     reward_reasoning_format = models.FloatField(default=0.0)
-    answer_extraction = models.CharField(max_length=16, default="marker")
+    answer_extraction = models.CharField(
+        max_length=16, choices=_choices(EXTRACTIONS), default="marker"
+    )
     answer_marker = models.CharField(max_length=64, default="Final answer:")
     answer_tag = models.CharField(max_length=32, default="answer")
-    answer_match_mode = models.CharField(max_length=16, default="numeric")
+    answer_match_mode = models.CharField(
+        max_length=16, choices=_choices(MATCH_MODES), default="numeric"
+    )
     answer_tolerance = models.FloatField(default=1e-6)
     length_target = models.PositiveIntegerField(default=400)
     extra_rewards = models.CharField(max_length=300, blank=True, default="")

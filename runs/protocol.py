@@ -208,6 +208,10 @@ def model_config_check(family: str, hf: dict) -> tuple[dict, list[str]]:
 Segment = tuple[str, bool]
 LLAMA3_DATE = "26 Jul 2024"  # the official template's default "Today Date"
 QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# GRPO and its variants (Tunix GRPOLearner, DAPOLearner, DrGRPOLearner), and its losses.
+GRPO_VARIANTS = ("grpo", "dapo", "drgrpo")
+GRPO_LOSSES = ("grpo", "gspo-token")
+
 # The marker that ends a turn in each family's format (generation stops at it).
 END_OF_TURN = {
     "llama3": "<|eot_id|>",

@@ -172,24 +172,7 @@ def build_config(
             # From the dataset, not the run: runs on a dataset share their held-out rows.
             "split_seed": protocol.split_seed(dataset_sha256),
         },
-        "training": {
-            "learning_rate": hp["learning_rate"],
-            "num_epochs": hp["num_epochs"],
-            "batch_size": hp["batch_size"],
-            "max_seq_length": hp["max_seq_length"],
-            "max_steps": hp["max_steps"],
-            "eval_every_n_steps": hp["eval_every_n_steps"],
-            "seed": hp["seed"],
-            "weight_decay": 0.0,
-            "gradient_accumulation_steps": 1,
-            "checkpoint_every_n_steps": hp["checkpoint_every_n_steps"],
-            "max_checkpoints_to_keep": hp["checkpoints_to_keep"],
-            "lr_schedule": hp["lr_schedule"],
-            "warmup_steps": hp["warmup_steps"],
-            "max_grad_norm": hp["max_grad_norm"],
-            "compute_dtype": hp["compute_dtype"],
-            "long_completions": hp["long_completions"],
-        },
+        "training": _training_section(hp),
         "lora": {
             "enabled": hp["lora_rank"] > 0,
             "rank": hp["lora_rank"],
@@ -204,6 +187,27 @@ def build_config(
         "resume": {"checkpoint_dir": resume_checkpoint_dir},
         "method": method_section(hp),
         "base_run": base_run or {},
+    }
+
+
+def _training_section(hp: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "learning_rate": hp["learning_rate"],
+        "num_epochs": hp["num_epochs"],
+        "batch_size": hp["batch_size"],
+        "max_seq_length": hp["max_seq_length"],
+        "max_steps": hp["max_steps"],
+        "eval_every_n_steps": hp["eval_every_n_steps"],
+        "seed": hp["seed"],
+        "weight_decay": 0.0,
+        "gradient_accumulation_steps": 1,
+        "checkpoint_every_n_steps": hp["checkpoint_every_n_steps"],
+        "max_checkpoints_to_keep": hp["checkpoints_to_keep"],
+        "lr_schedule": hp["lr_schedule"],
+        "warmup_steps": hp["warmup_steps"],
+        "max_grad_norm": hp["max_grad_norm"],
+        "compute_dtype": hp["compute_dtype"],
+        "long_completions": hp["long_completions"],
     }
 
 

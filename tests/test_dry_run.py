@@ -68,7 +68,10 @@ def test_dry_run_with_invalid_rows_names_the_line(run_factory, settings):
     assert "line 3: missing field 'final_answer'" in run.message
 
 
-@pytest.mark.parametrize("name", sorted(n for n, b in HYPERPARAMETERS.items() if b.choices))
+# The method is tested with datasets that fit it (tests/test_methods.py).
+@pytest.mark.parametrize(
+    "name", sorted(n for n, b in HYPERPARAMETERS.items() if b.choices and n != "method")
+)
 def test_every_choice_setting_takes_its_choices_and_nothing_else(run_factory, name):
     for value in HYPERPARAMETERS[name].choices:
         run = run_factory(**{name: value})

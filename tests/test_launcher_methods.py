@@ -21,7 +21,7 @@ def render(source: Path, fmt: str, method: str, target: Path, limit: int = 48) -
         for n, line in enumerate(rows):
             if n >= limit:
                 break
-            out.write(json.dumps(render_row(json.loads(line), fmt, "llama3", method)) + "\n")
+            out.write(json.dumps(render_row(json.loads(line), fmt, "llama3", method=method)) + "\n")
     return target
 
 

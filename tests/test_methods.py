@@ -96,11 +96,15 @@ def test_preference_rows_are_checked_with_the_field_named():
 
 def test_a_method_renders_only_the_formats_it_can_train_on():
     row = {"prompt": "q", "chosen": "yes", "rejected": "no"}
-    pair = rendering.render_row(row, "preference", "qwen3", "dpo")
-    assert pair["chosen"].startswith("yes") and pair["rejected"].startswith("no")
+    pair = rendering.render_row(row, "preference", "qwen3", method="dpo")
+    # Qwen 3 writes its (empty) think block before the answer that ends the chat.
+    assert pair["chosen"].endswith("yes<|im_end|>\n")
+    assert pair["rejected"].endswith("no<|im_end|>\n")
     with pytest.raises(validation.RowError, match="GRPO needs a prompt and a reference"):
-        rendering.render_row(row, "preference", "qwen3", "grpo")
-    grpo = rendering.render_row({"prompt": "q", "answer": "7"}, "prompt_answer", "qwen3", "grpo")
+        rendering.render_row(row, "preference", "qwen3", method="grpo")
+    grpo = rendering.render_row(
+        {"prompt": "q", "answer": "7"}, "prompt_answer", "qwen3", method="grpo"
+    )
     assert grpo["answer"] == "7" and grpo["prompt"].endswith("<|im_start|>assistant\n")
 
 

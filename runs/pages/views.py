@@ -213,7 +213,7 @@ def run_validate(request):
 def run_method_settings(request):
     """The form again for the chosen method (htmx swaps in its settings and datasets). The
     values typed so far are kept; nothing is validated yet."""
-    form = RunForm(initial=request.POST.dict())
+    form = RunForm(initial=request.POST.dict(), user=request.user)
     return _render(
         request, "runs/run_form.html", _form_context(request, form, plan=None), fragment="form"
     )

@@ -15,7 +15,6 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .. import protocol, storage, training
-from ..datasets import rendering
 from ..datasets.selectors import (
     dataset_first_pair,
     dataset_reward_check,
@@ -27,10 +26,10 @@ from ..datasets.services import dataset_check
 from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
 from ..formatting import plan_sentence
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
-from ..launcher import rewards
 from ..models import Dataset, RunMode, RunStatus, TunixRun
 from ..storage import UnsafePath, safe_relative
 from .lifecycle import run_enqueue
+from .methods import base_run_section, check_fit, method_problems
 
 log = logging.getLogger(__name__)
 
@@ -127,84 +126,10 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
             fields["output_dir"] = f"Output folder {exc}."
     if len(request.name) > 200:
         fields["name"] = "At most 200 characters."
-    fields.update(_method_problems(hp))
+    fields.update(method_problems(hp))
     if fields:
         raise InvalidInput("The run request is not valid.", fields=fields)
     return _Checked(hp, timeout, model, output_dir, output_path)
-
-
-def _method_problems(hp: dict[str, Any]) -> dict[str, str]:
-    """Settings that are each in bounds but do not make a run of the method together."""
-    if hp.get("method") != "grpo":
-        return {}
-    problems = {}
-    section = training.reward_section(hp)
-    if not section["rewards"]:
-        problems["reward_answer_match"] = "GRPO needs at least one reward with a weight."
-    installed = rewards.installed_rewards()
-    unknown = [
-        name
-        for name, _ in rewards.parse_reward_list(hp.get("extra_rewards") or "")
-        if name not in installed
-    ]
-    if unknown:
-        problems["extra_rewards"] = (
-            f"Not installed: {', '.join(unknown)}. Installed: "
-            + (", ".join(sorted(installed)) or "none")
-            + "."
-        )
-    return problems
-
-
-def _check_fit(dataset: Dataset | None, method: str) -> None:
-    if dataset is not None and not rendering.format_fits(method, dataset.format):
-        message = (
-            f"Dataset {dataset.key} holds {dataset.get_format_display().lower()}. "
-            + rendering.METHOD_NEEDS[method]
-        )
-        raise InvalidInput(message, fields={"dataset_key": message})
-
-
-def _base_run(owner, base_run_id: str | None, model_id: str) -> dict[str, Any] | None:
-    """The config section of the run this one starts from, after checking it can be."""
-    if not base_run_id:
-        return None
-    base = TunixRun.objects.filter(id=base_run_id).first() if _is_uuid(base_run_id) else None
-    problem = None
-    if base is None or not (owner.is_staff or base.owner_id == owner.id):
-        problem = "No such run."
-    elif base.status != RunStatus.COMPLETED or base.mode != RunMode.LOCAL:
-        problem = "Only a completed Tunix run can be started from."
-    elif base.model_id != model_id:
-        problem = f"That run trained {base.model_id}; choose the same model to start from it."
-    elif not base.lora_rank:
-        problem = "That run trained all weights; only a LoRA result can be merged."
-    elif storage.run_latest_checkpoint(base) is None and not _has_actor_checkpoint(base):
-        problem = "That run has no complete checkpoint."
-    if problem:
-        raise InvalidInput(problem, fields={"base_run_id": problem})
-    output = Path(settings.ARTIFACTS_DIR) / base.output_dir
-    return {
-        "run_id": str(base.id),
-        "output_dir": str(output),
-        "checkpoint_dir": str(output / protocol.CHECKPOINTS_DIRNAME),
-        "lora": base.config.get("lora") or {},
-    }
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
-
-
-def _has_actor_checkpoint(run: TunixRun) -> bool:
-    actor = Path(settings.ARTIFACTS_DIR) / run.output_dir / protocol.CHECKPOINTS_DIRNAME / "actor"
-    return actor.is_dir() and any(
-        (p / protocol.CHECKPOINT_COMPLETE_MARKER).is_file() for p in actor.iterdir()
-    )
 
 
 def _check_dataset(request: RunRequest, *, owner, read_file: bool):
@@ -226,6 +151,12 @@ def _check_dataset(request: RunRequest, *, owner, read_file: bool):
     return dataset, problem, report
 
 
+def _resume_dir(parent: TunixRun | None) -> str | None:
+    if parent is None:
+        return None
+    return str(Path(settings.ARTIFACTS_DIR) / parent.output_dir / protocol.CHECKPOINTS_DIRNAME)
+
+
 def run_plan(
     *,
     owner,
@@ -244,16 +175,11 @@ def run_plan(
     run_id = uuid.uuid4()
     checked = _check_request(request, run_id)
     dataset, problem, report = _check_dataset(request, owner=owner, read_file=check_dataset)
-    _check_fit(dataset, checked.hyperparameters["method"])
-    base_run = _base_run(owner, request.base_run_id, request.model_id)
+    check_fit(dataset, checked.hyperparameters["method"])
+    base_run = base_run_section(owner, request.base_run_id, request.model_id)
     status = training.probe() if command is None else None
     if request.mode == RunMode.LOCAL and status is not None and not status.available:
         raise TunixUnavailable(status.message)
-    resume_dir = None
-    if parent is not None:
-        resume_dir = str(
-            Path(settings.ARTIFACTS_DIR) / parent.output_dir / protocol.CHECKPOINTS_DIRNAME
-        )
     problem = problem or _checkpoint_problem(checked.model, request.mode)
     sha256 = dataset.sha256 if dataset else ""
     config = training.build_config(
@@ -263,7 +189,7 @@ def run_plan(
         dataset_sha256=sha256,
         output_path=checked.output_path,
         hyperparameters=checked.hyperparameters,
-        resume_checkpoint_dir=resume_dir,
+        resume_checkpoint_dir=_resume_dir(parent),
         base_run=base_run,
     )
     run = TunixRun(
