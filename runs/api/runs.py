@@ -110,6 +110,7 @@ def run_create(request, payload: RunIn):
             hyperparameters={name: data[name] for name in hyperparameters.HYPERPARAMETERS},
             timeout_seconds=payload.timeout_seconds,
             name=payload.name,
+            evaluate_after=payload.evaluate_after,
         ),
     )
     return Status(201 if payload.dry_run else 202, run)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import model_views, views
 
 app_name = "runs"
 
@@ -23,5 +23,14 @@ urlpatterns = [
         "runs/<uuid:run_id>/checkpoints/<int:step>.tar.gz",
         views.run_checkpoint_archive,
         name="checkpoint_archive",
+    ),
+    path("runs/<uuid:run_id>/evaluation/", model_views.evaluation_panel, name="evaluation"),
+    path("runs/<uuid:run_id>/evaluate/", model_views.run_evaluate, name="evaluate"),
+    path("runs/<uuid:run_id>/exports/", model_views.exports_panel, name="exports"),
+    path("runs/<uuid:run_id>/export/", model_views.run_export, name="export"),
+    path(
+        "runs/<uuid:run_id>/exports/<uuid:job_id>.tar.gz",
+        model_views.export_archive,
+        name="export_archive",
     ),
 ]

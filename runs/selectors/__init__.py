@@ -8,6 +8,7 @@ from .evaluations import (
     evaluation_rows,
     evaluation_scores,
     latest_evaluation,
+    latest_scores,
     run_jobs,
 )
 from .logs import (
@@ -73,4 +74,5 @@ __all__ = [
     "evaluation_rows",
     "evaluation_change_counts",
     "latest_evaluation",
+    "latest_scores",
 ]

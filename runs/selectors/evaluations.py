@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from ..models import EvaluationRow, Metric, RunKind, TunixRun
+from ..models import EvaluationRow, Metric, RunKind, RunStatus, TunixRun
 
 SCORE_PREFIX = "generation/"
 
@@ -46,3 +46,9 @@ def evaluation_change_counts(job: TunixRun) -> dict[str, int]:
 
 def latest_evaluation(run: TunixRun) -> TunixRun | None:
     return run_jobs(run, RunKind.EVALUATE).first()
+
+
+def latest_scores(run: TunixRun) -> dict[str, dict[str, float]]:
+    """The scores of the run's newest completed evaluation ({} when it has none)."""
+    done = run_jobs(run, RunKind.EVALUATE).filter(status=RunStatus.COMPLETED).first()
+    return evaluation_scores(done) if done is not None else {}

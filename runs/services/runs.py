@@ -60,9 +60,11 @@ class RunRequest:
     output_dir: str | None = None
     timeout_seconds: int | None = None
     name: str = ""
+    # Evaluate by generation when the run completes; None: TUNIXRT_EVALUATE_AFTER_RUN.
+    evaluate_after: bool | None = None
 
     # Fields that "run again" may change besides the hyperparameters.
-    CHANGEABLE = ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
+    CHANGEABLE = ("dataset_key", "model_id", "mode", "timeout_seconds", "name", "evaluate_after")
 
 
 @dataclass
@@ -178,6 +180,7 @@ def run_plan(
         hyperparameters=checked.hyperparameters,
         resume_checkpoint_dir=resume_dir,
     )
+    config["evaluate_after"] = _evaluate_after(request)
     run = TunixRun(
         id=run_id,
         owner=owner,
@@ -199,6 +202,13 @@ def run_plan(
     plan = training_plan(dataset, checked.hyperparameters, checked.model, parent)
     run.environment["plan"] = plan
     return RunPlan(run=run, problem=problem, rows=report.rows if report else None, training=plan)
+
+
+def _evaluate_after(request: RunRequest) -> bool:
+    """Whether the run is evaluated by generation when it completes (the server's default
+    TUNIXRT_EVALUATE_AFTER_RUN unless the request says)."""
+    wanted = request.evaluate_after
+    return bool(settings.EVALUATE_AFTER_RUN if wanted is None else wanted)
 
 
 def _checkpoint_problem(model: training.ModelRef, mode: str) -> str | None:
@@ -347,6 +357,7 @@ def run_request(run: TunixRun) -> RunRequest:
         timeout_seconds=run.timeout_seconds,
         name=run.name,
         hyperparameters={name: getattr(run, name) for name in HYPERPARAMETERS},
+        evaluate_after=(run.config or {}).get("evaluate_after"),
     )
 
 

@@ -1,0 +1,149 @@
+"""The run page's use of a trained run without Tunix: the evaluation card (scores fine-tuned vs
+base, rows with the better/worse/still-wrong filters, escaped), "Evaluate" with settings,
+"Export" with its status and a .tar.gz of the exported folder, compare with scores, and the
+"evaluate after training" setting of the run form."""
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from runs import services, storage
+from runs.models import Metric, RunKind, RunStatus, TunixRun
+
+from .test_run_page import finished_run, write_checkpoint
+from .test_views import form_data
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HX-Request": "true"}
+
+
+@pytest.fixture
+def client(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def trained(run_factory):
+    run = finished_run(run_factory)
+    write_checkpoint(storage.run_output_path(run), 4)
+    return run
+
+
+ROWS = [
+    ("What is 2+2?", "4", "5", "4"),  # better
+    ("Capital of France?", "Paris", "Paris", "Lyon"),  # worse
+    ("<script>alert(1)</script>", "x", "y", "z"),  # still wrong, and hostile
+]
+
+
+def completed_evaluation(run, user):
+    """An evaluation as the worker leaves it: the rows file, the score metrics, completed."""
+    job = services.evaluation_create(run=run, owner=user, generation={"max_rows": 3})
+    folder = storage.run_output_path(job)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / services.jobs.ROWS_FILENAME).open("w") as handle:
+        for index, (prompt, reference, base, tuned) in enumerate(ROWS):
+            record = {
+                "index": index,
+                "prompt": prompt,
+                "reference": reference,
+                "base_output": base,
+                "tuned_output": tuned,
+                "base_scores": {"exact_match": float(base == reference)},
+                "tuned_scores": {"exact_match": float(tuned == reference)},
+            }
+            handle.write(json.dumps(record) + "\n")
+    Metric.objects.create(run=job, name="generation/tuned/exact_match", step=0, value=1 / 3)
+    Metric.objects.create(run=job, name="generation/base/exact_match", step=0, value=1 / 3)
+    assert services.run_claim(run_id=job.id)
+    services.run_finish(run_id=job.id, status=RunStatus.COMPLETED, exit_code=0)
+    assert services.evaluation_store_rows(job=job) == 3
+    return job
+
+
+def test_the_run_page_shows_scores_and_rows_with_filters(client, trained, user):
+    job = completed_evaluation(trained, user)
+    page = client.get(f"/runs/{trained.id}/").content.decode()
+    assert 'id="evaluation-scores"' in page and "exact_match" in page
+    assert f'href="/runs/{job.id}/"' in page  # the evaluation's own run page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert "Got better (1)" in page and "Got worse (1)" in page and "Still wrong (1)" in page
+
+    better = client.get(f"/runs/{trained.id}/evaluation/?change=better", headers=HTMX)
+    body = better.content.decode()
+    assert better.status_code == 200 and body.startswith('\n<section id="evaluation"')
+    assert "What is 2+2?" in body and "Capital of France?" not in body
+    worse = client.get(f"/runs/{trained.id}/evaluation/?change=worse", headers=HTMX)
+    assert "Capital of France?" in worse.content.decode()
+    assert "What is 2+2?" not in worse.content.decode()
+
+
+def test_evaluate_button_queues_with_the_settings(client, trained):
+    response = client.post(
+        f"/runs/{trained.id}/evaluate/",
+        {"dataset_key": trained.dataset_key, "max_rows": "7", "temperature": "0.5", "seed": "3"},
+    )
+    assert response.status_code == 302
+    job = TunixRun.objects.get(source=trained, kind=RunKind.EVALUATE)
+    assert job.config["generation"]["max_rows"] == 7
+    assert job.config["generation"]["temperature"] == 0.5
+    assert job.config["dataset"]["eval_fraction"] > 0  # its own held-out rows
+    page = client.get(f"/runs/{trained.id}/").content.decode()
+    assert "Evaluation " in page and 'id="evaluation"' in page and "hx-trigger" in page
+
+    bad = client.post(f"/runs/{trained.id}/evaluate/", {"max_rows": "0"}, follow=True)
+    assert "max rows: Must be between 1 and 1000" in bad.content.decode()
+    assert TunixRun.objects.filter(source=trained, kind=RunKind.EVALUATE).count() == 1
+
+
+def test_export_button_status_and_download(client, trained, settings):
+    response = client.post(f"/runs/{trained.id}/export/", {"name": "my-model"})
+    assert response.status_code == 302
+    job = TunixRun.objects.get(source=trained, kind=RunKind.EXPORT)
+    panel = client.get(f"/runs/{trained.id}/exports/", headers=HTMX)
+    assert panel.status_code == 200 and "local:my-model" in panel.content.decode()
+    # As the export launcher leaves it: a folder in the models folder, the job completed.
+    folder = Path(settings.MODELS_DIR) / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"\0" * 3000)
+    assert services.run_claim(run_id=job.id)
+    services.run_finish(run_id=job.id, status=RunStatus.COMPLETED, exit_code=0)
+    panel = client.get(f"/runs/{trained.id}/exports/", headers=HTMX)
+    assert panel.status_code == 286  # polling stops
+    url = f"/runs/{trained.id}/exports/{job.id}.tar.gz"
+    assert url in panel.content.decode()
+    download = client.get(url)
+    assert download.status_code == 200 and download["Content-Type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(b"".join(download.streaming_content))) as archive:
+        assert sorted(archive.getnames()) == ["my-model/config.json", "my-model/model.safetensors"]
+    taken = client.post(f"/runs/{trained.id}/export/", {"name": "my-model"}, follow=True)
+    assert "local:my-model exists" in taken.content.decode()
+    assert client.get(f"/runs/{trained.id}/exports/{trained.id}.tar.gz").status_code == 404
+
+
+def test_compare_shows_evaluation_scores(client, trained, run_factory, user):
+    completed_evaluation(trained, user)
+    other = finished_run(run_factory)
+    page = client.get(f"/runs/compare/?run={trained.id}&run={other.id}").content.decode()
+    assert "evaluation.tuned.exact_match" in page and "evaluation.base.exact_match" in page
+
+
+def test_the_run_form_has_evaluate_after(client, dataset, tiny_model_dir, settings):
+    settings.EVALUATE_AFTER_RUN = True
+    page = client.get("/runs/new/").content.decode()
+    checkbox = re.search(r'<input type="checkbox" name="evaluate_after"[^>]*>', page).group(0)
+    assert " checked" in checkbox
+    data = form_data(dataset_key=dataset.key, model_id=tiny_model_dir)
+    assert client.post("/runs/new/", data).status_code == 302
+    assert TunixRun.objects.order_by("created_at").last().config["evaluate_after"] is False
+    client.post("/runs/new/", {**data, "evaluate_after": "on"})
+    assert TunixRun.objects.order_by("-created_at").first().config["evaluate_after"] is True
