@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from runs import services, storage
-from runs.models import Metric, RunKind, RunStatus, TunixRun
+from runs.models import Metric, PlaygroundPrompt, RunKind, RunStatus, TunixRun
 
 from .test_run_page import finished_run, write_checkpoint
 from .test_views import form_data
@@ -147,3 +147,52 @@ def test_the_run_form_has_evaluate_after(client, dataset, tiny_model_dir, settin
     assert TunixRun.objects.order_by("created_at").last().config["evaluate_after"] is False
     client.post("/runs/new/", {**data, "evaluate_after": "on"})
     assert TunixRun.objects.order_by("-created_at").first().config["evaluate_after"] is True
+
+
+def test_playground_prompt_card_polls_until_answered_and_renders_the_template(client, trained):
+    page = client.get(f"/runs/{trained.id}/").content.decode()
+    assert 'id="playground-form"' in page
+    rendered = client.post(
+        f"/runs/{trained.id}/prompts/render/", {"prompt": "<b>Hi</b>"}, headers=HTMX
+    ).content.decode()
+    # The Llama 3 template (the tiny model has no template of its own), escaped.
+    assert "&lt;|start_header_id|&gt;user" in rendered and "&lt;b&gt;Hi&lt;/b&gt;" in rendered
+
+    card = client.post(
+        f"/runs/{trained.id}/prompts/", {"prompt": "<b>Hi</b>", "max_new_tokens": "9"}, headers=HTMX
+    )
+    record = PlaygroundPrompt.objects.get()
+    assert record.generation["max_new_tokens"] == 9 and record.owner is not None
+    assert 'hx-trigger="every 400ms"' in card.content.decode()
+    assert "loads both models and compiles" in card.content.decode()
+    poll = client.get(f"/runs/{trained.id}/prompts/{record.id}/", headers=HTMX)
+    assert poll.status_code == 200
+    PlaygroundPrompt.objects.filter(id=record.id).update(
+        status="done", tuned_output="<i>tuned</i>", base_output="base", seconds=0.2
+    )
+    poll = client.get(f"/runs/{trained.id}/prompts/{record.id}/", headers=HTMX)
+    body = poll.content.decode()
+    assert (
+        poll.status_code == 286 and "&lt;i&gt;tuned&lt;/i&gt;" in body and "hx-trigger" not in body
+    )
+    page = client.get(f"/runs/{trained.id}/").content.decode()
+    assert 'id="playground-history"' in page and "&lt;i&gt;tuned&lt;/i&gt;" in page
+
+    empty = client.post(f"/runs/{trained.id}/prompts/", {"prompt": " "}, headers=HTMX)
+    assert "Write a prompt." in empty.content.decode()
+    bad = client.post(f"/runs/{trained.id}/prompts/", {"prompt": "x", "top_p": "7"}, headers=HTMX)
+    assert "top p: Must be between" in bad.content.decode()
+    assert PlaygroundPrompt.objects.count() == 1
+
+
+def test_playground_api_submit_list_wait_and_delete_with_the_run(api, trained, user):
+    created = api.post(f"/api/tunix/runs/{trained.id}/prompts?wait=0.2", {"prompt": "Hello"})
+    assert created.status_code == 202 and created.json()["status"] == "pending"
+    prompt_id = created.json()["id"]
+    PlaygroundPrompt.objects.filter(id=prompt_id).update(status="done", tuned_output="a")
+    detail = api.get(f"/api/tunix/prompts/{prompt_id}?wait=5").json()
+    assert detail["status"] == "done" and detail["tuned_output"] == "a"
+    assert [p["id"] for p in api.get(f"/api/tunix/runs/{trained.id}/prompts").json()] == [prompt_id]
+    assert api.post(f"/api/tunix/runs/{trained.id}/prompts", {"prompt": ""}).status_code == 422
+    services.run_delete(run=trained)
+    assert not PlaygroundPrompt.objects.exists()

@@ -75,4 +75,28 @@ def panel_context(user, run) -> dict:
     """What the run page adds for a local training run (nothing for other runs)."""
     if not usable(run) or run.status != RunStatus.COMPLETED:
         return {}
-    return {"model_panels": True} | evaluation_context(user, run) | exports_context(run)
+    return (
+        {"model_panels": True}
+        | evaluation_context(user, run)
+        | exports_context(run)
+        | playground_context(run)
+    )
+
+
+PROMPTS_SHOWN = 20
+
+
+def playground_context(run) -> dict:
+    """The playground card: the settings' defaults and the run's earlier prompts."""
+    prompts = list(selectors.run_prompts(run)[:PROMPTS_SHOWN])
+    return {
+        "prompts": prompts,
+        "prompt_defaults": {k: v[0] for k, v in GENERATION_BOUNDS.items() if k != "max_rows"},
+        # The host's generation server has this run's models when an earlier prompt was
+        # answered recently; otherwise the first prompt loads and compiles.
+        "warm": any(p.status == "done" for p in prompts[:1]),
+    }
+
+
+def playground_prompt(run, record) -> dict:
+    return {"run": run, "prompt": record}

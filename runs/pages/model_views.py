@@ -15,7 +15,7 @@ from runs import model_files, selectors, services
 from runs.datasets.selectors import dataset_get
 from runs.errors import NotFound, ServiceError
 from runs.models import RunKind, RunStatus
-from runs.pages.model_panels import evaluation_context, exports_context
+from runs.pages.model_panels import evaluation_context, exports_context, playground_prompt
 from runs.pages.rendering import HTMX_STOP_POLLING, login_required
 from runs.pages.views import _download, _run
 from runs.services.jobs import GENERATION_BOUNDS
@@ -110,3 +110,66 @@ def export_archive(request, run_id, job_id):
     except NotFound as exc:
         raise Http404(exc.message) from exc
     return _download(chunks, "application/gzip", f"{job.name}.tar.gz")
+
+
+# --- the playground ---------------------------------------------------------------------
+
+
+def _prompt_settings(request) -> dict:
+    return {
+        name: request.POST.get(name, "")
+        for name in ("max_new_tokens", "temperature", "top_p", "seed")
+    }
+
+
+@login_required
+@require_POST
+def playground_submit(request, run_id):
+    """Record a prompt and queue its answer; htmx gets the answer card, which polls."""
+    run = _run(request, run_id)
+    try:
+        record = services.prompt_submit(
+            run=run,
+            owner=request.user,
+            prompt=request.POST.get("prompt", ""),
+            generation=_prompt_settings(request),
+        )
+    except ServiceError as exc:
+        problems = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in exc.fields.items())
+        if request.htmx:
+            context = {"error": f"{exc.message} {problems}".strip()}
+            # 200: htmx swaps only successful answers into the page.
+            return render(request, "runs/model_panel.html#prompt_error", context)
+        messages.error(request, f"{exc.message} {problems}".strip())
+        return redirect(reverse("runs:detail", args=[run.id]) + "#playground")
+    if not request.htmx:
+        return redirect(reverse("runs:detail", args=[run.id]) + "#playground")
+    return render(request, "runs/model_panel.html#prompt", playground_prompt(run, record))
+
+
+@login_required
+@require_GET
+def playground_prompt_view(request, run_id, prompt_id):
+    """One prompt's answer card; polled until it is answered (then 286)."""
+    run = _run(request, run_id)
+    record = selectors.run_prompts(run).filter(id=prompt_id).first()
+    if record is None:
+        raise Http404("No such prompt.")
+    if not request.htmx:
+        return redirect(reverse("runs:detail", args=[run.id]) + "#playground")
+    context = playground_prompt(run, record)
+    return render(
+        request,
+        "runs/model_panel.html#prompt",
+        context,
+        status=_poll_status(context["prompt"].status == "pending"),
+    )
+
+
+@login_required
+@require_POST
+def playground_render(request, run_id):
+    """The raw prompt the models would be given (the run's chat template applied)."""
+    run = _run(request, run_id)
+    rendered = services.render_prompt(run, request.POST.get("prompt", "")[:20_000])
+    return render(request, "runs/model_panel.html#rendered", {"rendered": rendered})

@@ -28,6 +28,13 @@ urlpatterns = [
     path("runs/<uuid:run_id>/evaluate/", model_views.run_evaluate, name="evaluate"),
     path("runs/<uuid:run_id>/exports/", model_views.exports_panel, name="exports"),
     path("runs/<uuid:run_id>/export/", model_views.run_export, name="export"),
+    path("runs/<uuid:run_id>/prompts/", model_views.playground_submit, name="prompts"),
+    path("runs/<uuid:run_id>/prompts/render/", model_views.playground_render, name="render"),
+    path(
+        "runs/<uuid:run_id>/prompts/<uuid:prompt_id>/",
+        model_views.playground_prompt_view,
+        name="prompt",
+    ),
     path(
         "runs/<uuid:run_id>/exports/<uuid:job_id>.tar.gz",
         model_views.export_archive,

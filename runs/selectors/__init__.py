@@ -9,7 +9,9 @@ from .evaluations import (
     evaluation_scores,
     latest_evaluation,
     latest_scores,
+    prompt_for_user,
     run_jobs,
+    run_prompts,
 )
 from .logs import (
     STREAM_TAIL_BYTES,
@@ -75,4 +77,6 @@ __all__ = [
     "evaluation_change_counts",
     "latest_evaluation",
     "latest_scores",
+    "prompt_for_user",
+    "run_prompts",
 ]
