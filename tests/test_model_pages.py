@@ -196,3 +196,38 @@ def test_playground_api_submit_list_wait_and_delete_with_the_run(api, trained, u
     assert api.post(f"/api/tunix/runs/{trained.id}/prompts", {"prompt": ""}).status_code == 422
     services.run_delete(run=trained)
     assert not PlaygroundPrompt.objects.exists()
+
+
+def test_models_page_lineage_and_delete_refused_while_runs_use_it(client, trained, settings):
+    # An export of the trained run, left as the export launcher leaves it.
+    client.post(f"/runs/{trained.id}/export/", {"name": "exported"})
+    job = TunixRun.objects.get(kind=RunKind.EXPORT)
+    assert services.run_claim(run_id=job.id)
+    services.run_finish(run_id=job.id, status=RunStatus.COMPLETED, exit_code=0)
+    folder = Path(settings.MODELS_DIR) / "exported"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    page = client.get("/models/").content.decode()
+    assert "local:tiny-llama3" in page and "local:exported" in page
+    assert f'href="/runs/{trained.id}/"' in page and f'href="/runs/{job.id}/"' in page
+
+    refused = client.post("/models/tiny-llama3/delete/", follow=True).content.decode()
+    assert "is used by 1 run" in refused
+    assert (Path(settings.MODELS_DIR) / "tiny-llama3" / "config.json").is_file()
+    with pytest.raises(Exception) as caught:
+        services.model_delete(name="tiny-llama3")
+    assert caught.value.status_code == 409
+    client.post("/models/exported/delete/")
+    assert not folder.exists()
+    assert client.post("/models/..%2Fx/delete/").status_code == 404
+
+
+def test_models_api(api, trained, settings):
+    listed = api.get("/api/tunix/models").json()
+    assert [m["model_id"] for m in listed] == ["local:tiny-llama3"]
+    assert listed[0]["run_ids"] == [str(trained.id)] and listed[0]["export_id"] is None
+    assert api.delete("/api/tunix/models/tiny-llama3").status_code == 409
+    assert api.delete("/api/tunix/models/nope").status_code == 404
+    services.run_delete(run=trained)
+    assert api.delete("/api/tunix/models/tiny-llama3").status_code == 204
+    assert api.get("/api/tunix/models").json() == []

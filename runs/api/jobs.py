@@ -201,3 +201,42 @@ def prompt_detail(request, prompt_id: UUID, query: Query[WaitQuery]):
     if query.wait:
         record = services.prompt_wait(record, timeout=query.wait)
     return record
+
+
+# --- the models folder ------------------------------------------------------------------
+
+
+class ModelOut(Schema):
+    model_id: str
+    name: str
+    family: str
+    size: int
+    base_model: str | None = Field(
+        None, description="For an export: the model it was trained from."
+    )
+    source_run_id: UUID | None = Field(None, description="For an export: the run it came from.")
+    export_id: UUID | None = None
+    run_ids: list[UUID] = Field(..., description="Runs that trained from this model.")
+
+
+@router.get("/tunix/models", response={200: list[ModelOut], **_ERRORS}, summary="Local models")
+def model_list(request):
+    return [
+        {
+            **entry,
+            "source_run_id": entry["source_run"].id if entry["source_run"] else None,
+            "export_id": entry["export"].id if entry["export"] else None,
+            "run_ids": [run.id for run in entry["runs"]],
+        }
+        for entry in services.model_catalogue()
+    ]
+
+
+@router.delete(
+    "/tunix/models/{name}",
+    response={204: None, **_ERRORS},
+    summary="Delete a local model's folder (409 while runs use it)",
+)
+def model_delete(request, name: str):
+    services.model_delete(name=name)
+    return Status(204, None)

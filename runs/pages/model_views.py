@@ -173,3 +173,28 @@ def playground_render(request, run_id):
     run = _run(request, run_id)
     rendered = services.render_prompt(run, request.POST.get("prompt", "")[:20_000])
     return render(request, "runs/model_panel.html#rendered", {"rendered": rendered})
+
+
+# --- the models page --------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def model_list(request):
+    """Local base models and exported ones, with lineage, family, size and their runs."""
+    context = {"models": services.model_catalogue(), "section": "models"}
+    return render(request, "runs/models.html", context)
+
+
+@login_required
+@require_POST
+def model_delete(request, name):
+    try:
+        services.model_delete(name=name)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("runs:models")
+    messages.success(request, f"local:{name} was deleted.")
+    return redirect("runs:models")

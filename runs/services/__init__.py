@@ -22,6 +22,7 @@ from .lifecycle import (
     runs_cancel_supervised_by,
     runs_reap,
 )
+from .model_registry import model_catalogue, model_delete
 from .playground import prompt_answer, prompt_submit, prompt_wait, render_prompt
 from .runs import (
     RunPlan,
@@ -66,6 +67,8 @@ __all__ = [
     "api_token_revoke",
     "schedules_ensure",
     "evaluation_create",
+    "model_catalogue",
+    "model_delete",
     "prompt_answer",
     "prompt_submit",
     "prompt_wait",
