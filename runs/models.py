@@ -3,6 +3,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from .launcher.rewards import EXTRACTIONS, MATCH_MODES
 from .protocol import COMPUTE_DTYPES, GRPO_LOSSES, GRPO_VARIANTS, LONG_COMPLETIONS, LR_SCHEDULES
@@ -337,6 +338,42 @@ class EvaluationRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.evaluation_id} #{self.index} ({self.change})"
+
+
+class PlaygroundPrompt(models.Model):
+    """One prompt of a run's playground: who asked, with which settings, when; the rendered
+    prompt the models saw and the answers of the fine-tuned and the base model. Deleted with
+    the run."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting"
+        DONE = "done", "Answered"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(TunixRun, on_delete=models.CASCADE, related_name="prompts")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    prompt = models.TextField()
+    rendered_prompt = models.TextField()
+    generation = models.JSONField(default=dict)  # decoding settings
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    tuned_output = models.TextField(blank=True, default="")
+    base_output = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    # The first prompt to a run on a host loads both models and compiles: "cold".
+    cold = models.BooleanField(default=False)
+    seconds = models.FloatField(null=True, blank=True)
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "-created_at"], name="prompt_run_created")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} prompt {self.id} ({self.status})"
 
 
 class LogChunk(models.Model):

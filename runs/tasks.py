@@ -14,3 +14,7 @@ def reap_runs() -> str:
 
 def prune_runs() -> str:
     return services.runs_prune_expired()
+
+
+def answer_prompt(prompt_id: str) -> str:
+    return services.prompt_answer(prompt_id=prompt_id)

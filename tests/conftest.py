@@ -128,6 +128,13 @@ def isolated_dirs(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def no_evaluation_after_runs(settings):
+    """A completed real run queues no evaluation unless its test asks for one (it would cost
+    the worker minutes of CPU); tests that want it pass "evaluate_after": true."""
+    settings.EVALUATE_AFTER_RUN = False
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2's deliberate slowness costs a second per user on a busy machine; tests check
     who may do what, not how passwords are hashed."""
@@ -339,6 +346,7 @@ def start_cluster(settings, tmp_path, transactional_db):
             "TUNIXRT_CANCEL_GRACE_SECONDS": "2",
             "TUNIXRT_QUEUE_POLL_SECONDS": "0.1",
             "TUNIXRT_LOG_LEVEL": "INFO",
+            "TUNIXRT_EVALUATE_AFTER_RUN": "0",
             **{k: str(v) for k, v in overrides.items()},
         }
         cluster = Cluster(env, tmp_path / f"qcluster-{name}-{len(clusters)}.log").start()

@@ -230,6 +230,13 @@ TUNIX_LAUNCHER_MODULE = envstr("TUNIXRT_LAUNCHER_MODULE", "runs.launcher")
 # Evaluate every completed Tunix training run by generation (a per-run "evaluate_after" in
 # its config overrides this).
 EVALUATE_AFTER_RUN = envbool("TUNIXRT_EVALUATE_AFTER_RUN", "1")
+# The playground's generation server (one per worker host): models kept loaded (a run's
+# fine-tuned and base model are two), idle seconds before it exits, seconds to wait for it to
+# start, and seconds a prompt may take (the first one loads and compiles).
+PLAYGROUND_MODELS = envint("TUNIXRT_PLAYGROUND_MODELS", "2")
+PLAYGROUND_IDLE_SECONDS = envint("TUNIXRT_PLAYGROUND_IDLE_SECONDS", "900")
+PLAYGROUND_START_SECONDS = envint("TUNIXRT_PLAYGROUND_START_SECONDS", "120")
+PLAYGROUND_TIMEOUT_SECONDS = envint("TUNIXRT_PLAYGROUND_TIMEOUT_SECONDS", "600")
 RUN_TIMEOUT_DEFAULT = envint("TUNIXRT_RUN_TIMEOUT", str(6 * 3600))
 RUN_TIMEOUT_MAX = envint("TUNIXRT_RUN_TIMEOUT_MAX", str(3 * 24 * 3600))
 CANCEL_GRACE_SECONDS = envint("TUNIXRT_CANCEL_GRACE_SECONDS", "10")

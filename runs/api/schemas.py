@@ -138,6 +138,11 @@ class RunIn(HyperparametersIn):
     )
     name: str = Field("", max_length=200, pattern=TEXT)
     timeout_seconds: int | None = Field(None, ge=10, le=settings.RUN_TIMEOUT_MAX, strict=True)
+    evaluate_after: bool | None = Field(
+        None,
+        description="Evaluate by generation when the run completes "
+        "(default: the server's TUNIXRT_EVALUATE_AFTER_RUN).",
+    )
 
 
 class RunOut(HyperparametersOut):

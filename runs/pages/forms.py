@@ -20,6 +20,7 @@ from runs.models import RunMode
 # What the service calls each input; the form's fields carry the same names.
 MAIN_FIELDS = ("dataset_key", "model_id", "name")
 LIMIT_FIELDS = ("timeout_seconds",)
+AFTER_FIELDS = ("evaluate_after",)
 
 
 def _label(name: str) -> str:
@@ -103,6 +104,12 @@ class RunForm(forms.Form):
         error_messages={"max_length": "At most 200 characters."},
     )
     timeout_seconds = forms.IntegerField()  # replaced in __init__
+    evaluate_after = forms.BooleanField(
+        label="Evaluate after training",
+        required=False,
+        help_text="When the run completes, generate answers for its held-out rows with the "
+        "fine-tuned and the base model and score both (an evaluation job on a worker).",
+    )
     # Set by the button that submits the form ("Dry-run" or "Run with Tunix"), not rendered.
     mode = forms.ChoiceField(choices=RunMode.choices, required=False)
 
@@ -127,6 +134,7 @@ class RunForm(forms.Form):
                 int, f"10 and {hyperparameters.format_number(settings.RUN_TIMEOUT_MAX)}"
             ),
         )
+        self.fields["evaluate_after"].initial = settings.EVALUATE_AFTER_RUN
         self.fields["model_id"].widget.attrs.update(
             {"list": "model-choices", "autocomplete": "off", "spellcheck": "false"}
         )
@@ -177,6 +185,9 @@ class RunForm(forms.Form):
     def limit_fields(self):
         return [self[name] for name in LIMIT_FIELDS]
 
+    def after_fields(self):
+        return [self[name] for name in AFTER_FIELDS]
+
     # --- to and from the service -------------------------------------------------------
     @staticmethod
     def initial_from_request(request: services.RunRequest) -> dict[str, Any]:
@@ -186,6 +197,8 @@ class RunForm(forms.Form):
             for name in ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
         }
         initial.update(request.hyperparameters)
+        if request.evaluate_after is not None:
+            initial["evaluate_after"] = request.evaluate_after
         return initial
 
     def initial_data(self) -> dict[str, Any]:
@@ -209,6 +222,7 @@ class RunForm(forms.Form):
             name=data.get("name") or "",
             mode=data.get("mode") or RunMode.DRY_RUN,
             timeout_seconds=data.get("timeout_seconds"),
+            evaluate_after=bool(data.get("evaluate_after")),
             hyperparameters={
                 name: data[name]
                 for name in hyperparameters.HYPERPARAMETERS

@@ -25,7 +25,7 @@ from runs.errors import (
     TunixUnavailable,
 )
 from runs.models import RunMode, RunStatus
-from runs.pages import charts, run_page
+from runs.pages import charts, model_panels, run_page
 from runs.pages.forms import RunForm
 from runs.pages.rendering import HTMX_STOP_POLLING, login_required
 from runs.pages.rendering import is_fragment as _fragment
@@ -264,6 +264,7 @@ def run_detail(request, run_id):
         **run_page.outputs_context(request.user, run),
         "chain": selectors.run_chain(run),
         "samples": selectors.run_samples(run),
+        **model_panels.panel_context(request.user, run),
     }
     return _render(request, "runs/run_detail.html", context)
 

@@ -8,7 +8,10 @@ from .evaluations import (
     evaluation_rows,
     evaluation_scores,
     latest_evaluation,
+    latest_scores,
+    prompt_for_user,
     run_jobs,
+    run_prompts,
 )
 from .logs import (
     STREAM_TAIL_BYTES,
@@ -77,4 +80,7 @@ __all__ = [
     "evaluation_rows",
     "evaluation_change_counts",
     "latest_evaluation",
+    "latest_scores",
+    "prompt_for_user",
+    "run_prompts",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import Forbidden, NotFound
 from ..models import TunixRun
+from .evaluations import latest_scores
 from .logs import run_metric_series
 from .runs import run_for_user
 
@@ -65,6 +66,9 @@ def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> l
             FINAL_TRAIN_LOSS: smoothed_final(series.get("train/loss") or []),
             FINAL_EVAL_LOSS: series["eval/loss"][-1][1] if series.get("eval/loss") else None,
         }
+        # The newest completed evaluation by generation: fine-tuned and base, side by side.
+        for model, scores in latest_scores(run).items():
+            summary.update({f"evaluation.{model}.{k}": round(v, 4) for k, v in scores.items()})
         config = {k: v for k, v in (run.config or {}).items() if k != "schema"}
         summary.update({f"config.{k}": v for k, v in _flatten(config).items()})
         summaries.append(summary)

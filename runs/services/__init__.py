@@ -5,7 +5,7 @@ queue tasks call these; none of them holds logic of its own. Datasets have their
 Modules: `runs` (creation: plan, create, rerun, resume), `lifecycle` (enqueue, claim,
 prepare, supervise, finish, cancel, reap), `deletion` (delete, prune, pin), `retention` (the
 batched pruning behind `runs_prune`), `tokens`, `schedules`, `jobs` (evaluations and exports of a
-trained run)."""
+trained run), `playground` (prompts answered by a trained run and its base model)."""
 
 from ..formatting import plan_sentence
 from .deletion import run_delete, run_set_pinned, runs_prune, runs_prune_expired
@@ -22,6 +22,8 @@ from .lifecycle import (
     runs_cancel_supervised_by,
     runs_reap,
 )
+from .model_registry import model_catalogue, model_delete
+from .playground import prompt_answer, prompt_submit, prompt_wait, render_prompt
 from .runs import (
     RunPlan,
     RunRequest,
@@ -65,6 +67,12 @@ __all__ = [
     "api_token_revoke",
     "schedules_ensure",
     "evaluation_create",
+    "model_catalogue",
+    "model_delete",
+    "prompt_answer",
+    "prompt_submit",
+    "prompt_wait",
+    "render_prompt",
     "evaluation_store_rows",
     "export_create",
     "job_after_finish",

@@ -69,9 +69,19 @@ class RunRequest:
     name: str = ""
     # Start from this run's result (its LoRA merged into the base model).
     base_run_id: str | None = None
+    # Evaluate by generation when the run completes; None: TUNIXRT_EVALUATE_AFTER_RUN.
+    evaluate_after: bool | None = None
 
     # Fields that "run again" may change besides the hyperparameters.
-    CHANGEABLE = ("dataset_key", "model_id", "mode", "timeout_seconds", "name", "base_run_id")
+    CHANGEABLE = (
+        "dataset_key",
+        "model_id",
+        "mode",
+        "timeout_seconds",
+        "name",
+        "base_run_id",
+        "evaluate_after",
+    )
 
 
 @dataclass
@@ -192,6 +202,7 @@ def run_plan(
         resume_checkpoint_dir=_resume_dir(parent),
         base_run=base_run,
     )
+    config["evaluate_after"] = _evaluate_after(request)
     run = TunixRun(
         id=run_id,
         owner=owner,
@@ -214,6 +225,13 @@ def run_plan(
     plan = training_plan(dataset, checked.hyperparameters, checked.model, parent)
     run.environment["plan"] = plan
     return RunPlan(run=run, problem=problem, rows=report.rows if report else None, training=plan)
+
+
+def _evaluate_after(request: RunRequest) -> bool:
+    """Whether the run is evaluated by generation when it completes (the server's default
+    TUNIXRT_EVALUATE_AFTER_RUN unless the request says)."""
+    wanted = request.evaluate_after
+    return bool(settings.EVALUATE_AFTER_RUN if wanted is None else wanted)
 
 
 def _checkpoint_problem(model: training.ModelRef, mode: str) -> str | None:
@@ -377,6 +395,7 @@ def run_request(run: TunixRun) -> RunRequest:
         name=run.name,
         hyperparameters={name: getattr(run, name) for name in HYPERPARAMETERS},
         base_run_id=str(run.base_run_id) if run.base_run_id else None,
+        evaluate_after=(run.config or {}).get("evaluate_after"),
     )
 
 
