@@ -140,7 +140,7 @@ TRAIN = {
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_real_run_checkpoints_into_the_bucket_resumes_from_it_and_leaves_nothing(
-    object_store, settings, tmp_path, user, start_cluster, run_factory
+    object_store, settings, tmp_path, user, staff_user, start_cluster, run_factory
 ):
     from .test_tunix_e2e import finished, losses
 
@@ -202,7 +202,7 @@ def test_a_real_run_checkpoints_into_the_bucket_resumes_from_it_and_leaves_nothi
     assert bucket_keys(object_store, f"artifacts/{parent.output_dir}/")
     services.runs_prune(older_than_days=1, now=timezone.now() + timedelta(days=2))
     assert bucket_keys(object_store, "artifacts/") == []
-    dataset_services.dataset_delete(dataset=parent.dataset, user=user)
+    dataset_services.dataset_delete(dataset=parent.dataset, user=staff_user)
     assert bucket_keys(object_store) == []
     wait_for(lambda: local_files(worker_artifacts) == [], timeout=30, message="scratch to empty")
     assert local_files(Path(settings.ARTIFACTS_DIR)) == []
