@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from . import storage
+from .archives import Spool, add_in_blocks
 from .errors import NotFound
 
 
@@ -70,7 +71,7 @@ def model_archive(name: str):
     root = model_path(name)
 
     def stream():
-        spool = storage._Spool()
+        spool = Spool()
         with tarfile.open(fileobj=spool, mode="w|gz") as archive:
             for path, info in storage._output_files(root, set()):
                 try:
@@ -82,7 +83,7 @@ def model_archive(name: str):
                         continue
                     member = tarfile.TarInfo(f"{root.name}/{path.relative_to(root)}")
                     member.size, member.mtime, member.mode = info.st_size, info.st_mtime, 0o644
-                    yield from storage._add_in_blocks(archive, member, handle, spool)
+                    yield from add_in_blocks(archive, member, handle, spool)
         yield spool.take()
 
     return stream()

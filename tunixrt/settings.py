@@ -214,6 +214,17 @@ LOGGING = {
 ARTIFACTS_DIR = Path(envstr("TUNIXRT_ARTIFACTS_DIR", str(DATA_DIR / "artifacts"))).resolve()
 DATASETS_DIR = Path(envstr("TUNIXRT_DATASETS_DIR", str(DATA_DIR / "datasets"))).resolve()
 MODELS_DIR = Path(envstr("TUNIXRT_MODELS_DIR", str(DATA_DIR / "models"))).resolve()
+# An object store instead of a shared mount (s3://bucket/prefix or gs://bucket/prefix; the
+# `objectstore` extra). The folders above then hold only each host's scratch copy of running
+# runs and its cache of dataset files. Credentials come from the usual places of boto /
+# google-auth (AWS_ACCESS_KEY_ID..., GOOGLE_APPLICATION_CREDENTIALS); any S3-compatible
+# service works with its endpoint in TUNIXRT_S3_ENDPOINT_URL.
+ARTIFACTS_URL = envstr("TUNIXRT_ARTIFACTS_URL", "").strip()
+DATASETS_URL = envstr("TUNIXRT_DATASETS_URL", "").strip()
+S3_ENDPOINT_URL = envstr("TUNIXRT_S3_ENDPOINT_URL", "").strip()
+for _url in (ARTIFACTS_URL, DATASETS_URL):
+    if _url and (_url.partition("://")[0] not in ("s3", "gs") or not _url.partition("://")[2]):
+        raise ImproperlyConfigured(f"{_url!r}: use s3://bucket/prefix or gs://bucket/prefix")
 for _folder in (ARTIFACTS_DIR, DATASETS_DIR, MODELS_DIR):
     _folder.mkdir(parents=True, exist_ok=True)
 

@@ -135,6 +135,9 @@ def _store(chunks, *, root: Path, final_path: Path, declared_format, row: dict) 
                     final_path.parent.mkdir()
                     created_folder = True
                 os.replace(tmp_path, final_path)
+                # With a datasets store the worker reads it from there; a failed upload
+                # rolls the row back (and the file is removed below).
+                storage.dataset_publish(final_path, str(final_path.relative_to(root)))
         except IntegrityError as exc:
             # Another import of the same key committed between our check and our insert.
             raise Conflict(f"Dataset {row['key']} already exists; versions are immutable.") from exc
@@ -193,6 +196,7 @@ def dataset_delete(*, dataset: Dataset, user) -> None:
         def remove_file() -> None:
             if path is None:
                 return
+            storage.dataset_unpublish(locked.file_path)
             path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when no other version is left in it
@@ -216,7 +220,7 @@ def dataset_set_shared(*, dataset: Dataset, user, shared: bool) -> Dataset:
 
 def dataset_check(dataset: Dataset) -> validation.ValidationReport:
     """Re-read a stored dataset: does it still exist, hash the same and hold valid rows?"""
-    path = storage.dataset_path(dataset)
+    path = storage.dataset_local(dataset)
     if not path.is_file():
         report = validation.ValidationReport(format=dataset.format)
         report.errors.append(f"the file of dataset {dataset.key} is missing")
@@ -241,7 +245,7 @@ def dataset_render_to(dataset: Dataset, family: str, target: Path, method: str =
     dataset page's export shows that text for the built-in template). DPO/ORPO and GRPO: the
     rows rendered here with the built-in template, {prompt, chosen, rejected} and
     {prompt, answer}."""
-    rows = validation.iter_rows(storage.dataset_path(dataset))
+    rows = validation.iter_rows(storage.dataset_local(dataset))
     if method == "sft":
         lines = rendering.training_lines(rows, dataset.format)
     else:

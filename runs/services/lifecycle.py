@@ -84,7 +84,9 @@ def run_prepare(*, run: TunixRun) -> tuple[Path, dict[str, str]]:
         rendered = output_path / protocol.TRAIN_DATA_FILENAME
         dataset_render_to(run.dataset, run.model_family, rendered, run.method)
     config_path = output_path / protocol.CONFIG_FILENAME
-    config_path.write_text(json.dumps(run.config, indent=2))
+    # This host's paths; with an object store, the parent's step is downloaded first.
+    config = storage.run_localized(run)
+    config_path.write_text(json.dumps(config, indent=2))
     return output_path, {**env, **training.launcher_environment()}
 
 
@@ -102,7 +104,8 @@ def run_execute(*, run_id) -> str:
         )
         return "failed to prepare"
     try:
-        outcome = Supervisor(run, cwd=cwd, env_extra=env_extra).execute()
+        with storage.run_published(run):  # object store: uploads steps, then the folder
+            outcome = Supervisor(run, cwd=cwd, env_extra=env_extra).execute()
     except Exception as exc:
         # The supervisor stopped the child's group before raising (see Supervisor.execute).
         log.exception("supervisor failed for run %s", run_id)
