@@ -97,6 +97,17 @@ HYPERPARAMETERS: dict[str, Bound] = {
     "checkpoints_to_keep": Bound(
         int, 3, 1, 1000, "Newest checkpoints kept; the best and the last are always kept."
     ),
+    "mesh_fsdp": Bound(
+        int,
+        0,
+        0,
+        4096,
+        "Data/FSDP parallelism: devices the batch and the weights are split over; "
+        "0: all of the slot's devices (divided by tensor parallelism).",
+    ),
+    "mesh_tp": Bound(
+        int, 1, 1, 4096, "Tensor parallelism: devices each layer's weights are split over."
+    ),
 }
 
 

@@ -140,6 +140,7 @@ CONFIG_FILENAME = protocol.CONFIG_FILENAME
 TRAIN_DATA_FILENAME = protocol.TRAIN_DATA_FILENAME
 
 
+# long: one literal, the whole config file the launcher reads
 def build_config(
     *,
     run_id: str,
@@ -186,6 +187,7 @@ def build_config(
             "max_grad_norm": hp["max_grad_norm"],
             "compute_dtype": hp["compute_dtype"],
             "long_completions": hp["long_completions"],
+            "mesh": {"fsdp": hp.get("mesh_fsdp", 0), "tp": hp.get("mesh_tp", 1)},
         },
         "lora": {
             "enabled": hp["lora_rank"] > 0,
