@@ -341,6 +341,9 @@ def start_cluster(settings, tmp_path, transactional_db):
             "TUNIXRT_REAPER_INTERVAL_SECONDS": "1",
             "TUNIXRT_CANCEL_GRACE_SECONDS": "2",
             "TUNIXRT_QUEUE_POLL_SECONDS": "0.1",
+            "TUNIXRT_IDLE_POLL_SECONDS": "0.2",
+            # The device probe imports JAX (seconds of CPU); tests that need it turn it on.
+            "TUNIXRT_PROBE_DEVICES": "0",
             "TUNIXRT_LOG_LEVEL": "INFO",
             **{k: str(v) for k, v in overrides.items()},
         }
