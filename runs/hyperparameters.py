@@ -235,6 +235,17 @@ HYPERPARAMETERS: dict[str, Bound] = {
         "Installed rewards by name with weights: name:1.0, other:0.5.",
         methods=_GRPO,
     ),
+    "mesh_fsdp": Bound(
+        int,
+        0,
+        0,
+        4096,
+        "Data/FSDP parallelism: devices the batch and the weights are split over; "
+        "0: all of the slot's devices (divided by tensor parallelism).",
+    ),
+    "mesh_tp": Bound(
+        int, 1, 1, 4096, "Tensor parallelism: devices each layer's weights are split over."
+    ),
 }
 
 

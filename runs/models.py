@@ -161,6 +161,10 @@ class TunixRun(models.Model):
     base_run = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="derived_runs"
     )
+    # The device mesh: data/FSDP times tensor parallelism devices; fsdp 0 is "all the slot's
+    # devices" (divided by tp). Defaults: FSDP over every device, as before.
+    mesh_fsdp = models.PositiveIntegerField(default=0)
+    mesh_tp = models.PositiveIntegerField(default=1)
     timeout_seconds = models.PositiveIntegerField()
 
     # What executes: the resolved config and the exact argv. Stored, never re-derived.
@@ -184,6 +188,10 @@ class TunixRun(models.Model):
     progress_updated_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True)
+    # The slot of worker_host the run holds while it runs, and that slot's devices
+    # ("" when the slot shares every device of the host).
+    worker_slot = models.PositiveSmallIntegerField(null=True, blank=True)
+    devices = models.CharField(max_length=255, blank=True)
     pid = models.IntegerField(null=True, blank=True)
     pgid = models.IntegerField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -238,6 +246,13 @@ class TunixRun(models.Model):
                 name="run_running_heartbeat",
                 condition=Q(status="running"),
             ),
+            # The claim: WHERE status = 'pending' AND mode = 'local' ORDER BY created_at, id
+            # LIMIT 1 FOR UPDATE SKIP LOCKED; also the idle hosts' "anything to do?" poll.
+            models.Index(
+                fields=["created_at", "id"],
+                name="run_pending_oldest",
+                condition=Q(status="pending"),
+            ),
             # Retention: finished runs by age.
             models.Index(fields=["finished_at"], name="run_finished"),
             # A run's evaluations and exports: WHERE source_id = ? AND kind = ? ORDER BY
@@ -254,12 +269,24 @@ class TunixRun(models.Model):
             models.CheckConstraint(
                 condition=Q(kind__in=[k.value for k in RunKind]), name="run_kind_valid"
             ),
+            # A slot holds one run: two runs never share a slot's devices. Also the index for
+            # a host's busy slots: WHERE status = 'running' AND worker_host = ?.
+            models.UniqueConstraint(
+                fields=["worker_host", "worker_slot"],
+                condition=Q(status="running"),
+                name="run_one_per_slot",
+            ),
             # Two runs never write into one folder.
             models.UniqueConstraint(fields=["output_dir"], name="run_output_dir_unique"),
         ]
 
     def __str__(self) -> str:
         return f"{self.model_id} on {self.dataset_key} ({self.status})"
+
+    @property
+    def devices_needed(self) -> int:
+        """Devices the run's mesh names exactly; 0: whatever its slot has."""
+        return self.mesh_fsdp * self.mesh_tp if self.mesh_fsdp else 0
 
     @property
     def is_final(self) -> bool:
@@ -475,3 +502,35 @@ class FolderDeletion(models.Model):
 
     def __str__(self) -> str:
         return f"{len(self.paths)} folders, from {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class WorkerHost(models.Model):
+    """A worker host, as it registered itself: its slots and accelerators, and when it was
+    last seen. The web side offers runs to live hosts and checks a run's device needs
+    against them."""
+
+    name = models.CharField(max_length=255, unique=True)
+    # The django-q queue that wakes this host (Q_CLUSTER["cluster_name"] on it).
+    queue = models.CharField(max_length=100)
+    # One list of device ids per slot; an empty list shares every device of the host.
+    slots = models.JSONField(default=list)
+    # From the probe: {"platform", "kind", "count", "memory_bytes"} or {"error"}.
+    accelerators = models.JSONField(default=dict, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # Live hosts: WHERE heartbeat_at >= ?.
+            models.Index(fields=["heartbeat_at"], name="workerhost_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def slot_sizes(self) -> list[int]:
+        """Devices per slot; 0 for a slot that shares every device."""
+        return [len(devices) for devices in self.slots]

@@ -141,6 +141,7 @@ CONFIG_FILENAME = protocol.CONFIG_FILENAME
 TRAIN_DATA_FILENAME = protocol.TRAIN_DATA_FILENAME
 
 
+# long: one literal, the whole config file the launcher reads
 def build_config(
     *,
     run_id: str,
@@ -208,6 +209,7 @@ def _training_section(hp: dict[str, Any]) -> dict[str, Any]:
         "max_grad_norm": hp["max_grad_norm"],
         "compute_dtype": hp["compute_dtype"],
         "long_completions": hp["long_completions"],
+        "mesh": {"fsdp": hp.get("mesh_fsdp", 0), "tp": hp.get("mesh_tp", 1)},
     }
 
 

@@ -149,6 +149,17 @@ def _training(t: dict) -> dict:
         "lr_schedule": _choice(t, "lr_schedule", protocol.LR_SCHEDULES),
         "compute_dtype": _choice(t, "compute_dtype", protocol.COMPUTE_DTYPES),
         "long_completions": _choice(t, "long_completions", protocol.LONG_COMPLETIONS),
+        "mesh": _mesh(t.get("mesh") or {}),
+    }
+
+
+def _mesh(mesh: dict) -> dict:
+    """fsdp x tp devices; fsdp 0: every device the run's slot has, divided by tp."""
+    if not isinstance(mesh, dict):
+        raise LaunchError("training.mesh must be an object with fsdp and tp")
+    return {
+        "fsdp": _number(mesh, "fsdp", "training.mesh", int, default=0, minimum=0),
+        "tp": _number(mesh, "tp", "training.mesh", int, default=1, minimum=1),
     }
 
 

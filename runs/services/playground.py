@@ -60,14 +60,22 @@ def prompt_submit(*, run: TunixRun, owner, prompt: str, generation: dict | None 
         rendered_prompt=render_prompt(run, prompt),
         generation=_playground_settings(generation),
     )
-    transaction.on_commit(lambda: _enqueue(record.id))
+    transaction.on_commit(lambda: _enqueue(record.id, run.worker_host))
     return record
 
 
-def _enqueue(prompt_id) -> None:
+def _enqueue(prompt_id, host: str | None) -> None:
+    """To a live worker host's queue (each host's cluster reads only its own)."""
     from django_q.tasks import async_task
 
-    async_task("runs.tasks.answer_prompt", str(prompt_id), task_name=f"prompt-{prompt_id}")
+    from .hosts import live_queue
+
+    async_task(
+        "runs.tasks.answer_prompt",
+        str(prompt_id),
+        task_name=f"prompt-{prompt_id}",
+        cluster=live_queue(host),
+    )
 
 
 def prompt_answer(*, prompt_id) -> str:

@@ -28,6 +28,7 @@ from ..formatting import plan_sentence
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
 from ..models import Dataset, RunMode, RunStatus, TunixRun
 from ..storage import UnsafePath, safe_relative
+from .hosts import mesh_fits_hosts
 from .lifecycle import run_enqueue
 from .methods import base_run_section, check_fit, method_problems
 
@@ -110,6 +111,10 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
     if request.mode not in RunMode.values:
         raise InvalidInput("Unknown mode.", fields={"mode": "Must be 'dry-run' or 'local'."})
     hp, fields = validate_hyperparameters(request.hyperparameters or {})
+    if not fields.keys() & {"mesh_fsdp", "mesh_tp"}:
+        problem = mesh_fits_hosts(fsdp=hp["mesh_fsdp"], tp=hp["mesh_tp"])
+        if problem:
+            fields["mesh_fsdp"] = problem
     timeout = request.timeout_seconds
     if timeout is None:
         timeout = settings.RUN_TIMEOUT_DEFAULT
