@@ -1,3 +1,5 @@
+# long: one record per run (TunixRun) with every setting of the one hyperparameter table as a
+# column, plus its companions; splitting the models across modules would hide the schema.
 import uuid
 
 from django.conf import settings
