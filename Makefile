@@ -34,9 +34,9 @@ install: $(PY)
 
 install-dev: $(PY)
 	@if [ "$(TUNIXRT_SKIP_TUNIX)" != "1" ]; then \
-	  echo "Installing the dev and tunix extras (Tunix + JAX for CPU; a few minutes the first time)"; \
-	  $(PIP) install -e '.[dev,tunix]'; \
-	else $(PIP) install -e '.[dev]'; fi
+	  echo "Installing the dev, tunix and objectstore extras (Tunix + JAX for CPU; a few minutes the first time)"; \
+	  $(PIP) install -e '.[dev,tunix,objectstore]'; \
+	else $(PIP) install -e '.[dev,objectstore]'; fi
 
 run: install
 	$(PY) manage.py migrate --noinput -v 0
