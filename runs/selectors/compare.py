@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import Forbidden, NotFound
 from ..models import TunixRun
-from .logs import run_metric_series
+from .metrics import run_metric_tail
 from .runs import run_for_user
 
 # One training batch's loss is noisy; compare a mean of the last steps instead.
@@ -46,13 +46,15 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> list[dict]:
+def run_comparison(runs: list[TunixRun]) -> list[dict]:
     """Rows of a side-by-side table: the run's inputs and outcome, then every config key
     (flattened, `training.learning_rate`), each with one value per run and whether the
-    values differ. `metrics` (run_metric_series of each run) is read when not given."""
+    values differ."""
     summaries = []
-    for index, run in enumerate(runs):
-        series = metrics[index] if metrics is not None else run_metric_series(run)
+    for run in runs:
+        # The final figures read the last stored points (the charts' series are downsampled).
+        train_tail = run_metric_tail(run, "train/loss", FINAL_WINDOW)
+        eval_tail = run_metric_tail(run, "eval/loss", 1)
         summary = {
             "status": run.status,
             "mode": run.mode,
@@ -62,8 +64,8 @@ def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> l
             "duration_seconds": run.duration_seconds,
             "exit_code": run.exit_code,
             "steps": run.progress_step,
-            FINAL_TRAIN_LOSS: smoothed_final(series.get("train/loss") or []),
-            FINAL_EVAL_LOSS: series["eval/loss"][-1][1] if series.get("eval/loss") else None,
+            FINAL_TRAIN_LOSS: smoothed_final(train_tail),
+            FINAL_EVAL_LOSS: eval_tail[-1][1] if eval_tail else None,
         }
         config = {k: v for k, v in (run.config or {}).items() if k != "schema"}
         summary.update({f"config.{k}": v for k, v in _flatten(config).items()})
