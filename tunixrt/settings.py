@@ -42,7 +42,16 @@ def envlist(name: str, default: str) -> list[str]:
 # Everything the app writes by default (SQLite file, artifacts, datasets, models) lives
 # under one folder so a user can see and delete it in one place.
 DATA_DIR = Path(envstr("TUNIXRT_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Files and folders this process creates, and those of the training children it starts
+# (they inherit it), are private to the OS user from their first byte: the SQLite database
+# and its journal, uploaded datasets, run folders, checkpoints, generated models. A umask
+# leaves no moment between creating a file and a chmod in which another user could read it.
+UMASK = int(envstr("TUNIXRT_UMASK", "077"), 8)
+os.umask(UMASK)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+# Whatever Django's file storage saves (none today) is private as well.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 
 def _secret_key() -> str:

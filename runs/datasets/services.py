@@ -133,7 +133,7 @@ def _store(chunks, *, root: Path, final_path: Path, declared_format, row: dict) 
                     sha256=report.sha256,
                 )
                 if not final_path.parent.exists():
-                    final_path.parent.mkdir()
+                    final_path.parent.mkdir(mode=0o700)
                     created_folder = True
                 os.replace(tmp_path, final_path)
         except IntegrityError as exc:
@@ -272,7 +272,8 @@ def dataset_render_to(dataset: Dataset, family: str, target: Path) -> int:
     launcher renders with the checkpoint's chat template or `family`'s built-in one (the
     dataset page's export shows that text for the built-in template)."""
     count = 0
-    with open(target, "w", encoding="utf-8") as out:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private from creation
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
         for line in rendering.training_lines(
             validation.iter_rows(storage.dataset_path(dataset)), dataset.format
         ):
