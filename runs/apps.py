@@ -40,6 +40,8 @@ def start_reaper_thread(**kwargs) -> None:
     from runs import services
 
     threading.Thread(target=services.reaper_loop, name="tunixrt-reaper", daemon=True).start()
+    # Register this host, probe its devices, and poll for pending runs while a slot is free.
+    threading.Thread(target=services.host_loop, name="tunixrt-host", daemon=True).start()
 
 
 def check_queue_timing(app_configs, **kwargs):

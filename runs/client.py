@@ -199,6 +199,10 @@ def cmd_submit(client: Client, args) -> int:
     }
     if args.name is not None:
         body["name"] = args.name
+    if args.method is not None:
+        body["method"] = args.method
+    if args.base_run is not None:
+        body["base_run_id"] = args.base_run
     if args.timeout is not None:
         body["timeout_seconds"] = args.timeout
     run = client.run_create(body)
@@ -320,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("dataset", help="dataset key, e.g. sample-v1")
     sub.add_argument("model", help="model reference, e.g. local:NAME or ORG/NAME")
     sub.add_argument("--local", action="store_true", help="queue real training")
+    sub.add_argument("--method", choices=["sft", "dpo", "orpo", "grpo"], help="default: sft")
+    sub.add_argument("--base-run", metavar="RUN_ID", help="start from this run's result")
     sub.add_argument("--name")
     sub.add_argument("--timeout", type=int, help="seconds before the run is stopped")
     sub.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=settings_help)

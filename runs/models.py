@@ -3,8 +3,10 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
-from .protocol import COMPUTE_DTYPES, LONG_COMPLETIONS, LR_SCHEDULES
+from .launcher.rewards import EXTRACTIONS, MATCH_MODES
+from .protocol import COMPUTE_DTYPES, GRPO_LOSSES, GRPO_VARIANTS, LONG_COMPLETIONS, LR_SCHEDULES
 
 
 def _choices(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -18,6 +20,8 @@ class Dataset(models.Model):
         REASONING = "reasoning", "Reasoning traces"
         PROMPT_COMPLETION = "prompt_completion", "Prompt / completion"
         MESSAGES = "messages", "Chat messages"
+        PREFERENCE = "preference", "Preference pairs"
+        PROMPT_ANSWER = "prompt_answer", "Prompt / answer"
 
     key = models.CharField(max_length=160, unique=True)
     name = models.CharField(max_length=100)
@@ -58,6 +62,14 @@ class RunStatus(models.TextChoices):
 
 ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING)
 FINAL_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.CANCELLED)
+
+
+class RunMethod(models.TextChoices):
+    # The same values as runs.hyperparameters.METHODS (a test keeps them equal).
+    SFT = "sft", "SFT"
+    DPO = "dpo", "DPO"
+    ORPO = "orpo", "ORPO"
+    GRPO = "grpo", "GRPO"
 
 
 class RunMode(models.TextChoices):
@@ -116,6 +128,43 @@ class TunixRun(models.Model):
     compute_dtype = models.CharField(max_length=8, choices=_choices(COMPUTE_DTYPES), default="fp32")
     checkpoint_every_n_steps = models.PositiveIntegerField(default=50)
     checkpoints_to_keep = models.PositiveIntegerField(default=3)
+    # The method and its settings; which method uses which is in runs/hyperparameters.py.
+    # Every run stores them all (defaults where the method does not use them).
+    method = models.CharField(max_length=8, choices=RunMethod.choices, default=RunMethod.SFT)
+    dpo_beta = models.FloatField(default=0.1)
+    orpo_lambda = models.FloatField(default=0.1)
+    grpo_variant = models.CharField(max_length=16, choices=_choices(GRPO_VARIANTS), default="grpo")
+    grpo_loss = models.CharField(max_length=16, choices=_choices(GRPO_LOSSES), default="grpo")
+    num_generations = models.PositiveIntegerField(default=2)
+    num_iterations = models.PositiveIntegerField(default=1)
+    kl_beta = models.FloatField(default=0.04)
+    clip_epsilon = models.FloatField(default=0.2)
+    max_new_tokens = models.PositiveIntegerField(default=64)
+    temperature = models.FloatField(default=0.9)
+    top_p = models.FloatField(default=1.0)
+    reward_answer_match = models.FloatField(default=1.0)
+    reward_answer_format = models.FloatField(default=0.0)
+    reward_length_penalty = models.FloatField(default=0.0)
+    reward_reasoning_format = models.FloatField(default=0.0)
+    answer_extraction = models.CharField(
+        max_length=16, choices=_choices(EXTRACTIONS), default="marker"
+    )
+    answer_marker = models.CharField(max_length=64, default="Final answer:")
+    answer_tag = models.CharField(max_length=32, default="answer")
+    answer_match_mode = models.CharField(
+        max_length=16, choices=_choices(MATCH_MODES), default="numeric"
+    )
+    answer_tolerance = models.FloatField(default=1e-6)
+    length_target = models.PositiveIntegerField(default=400)
+    extra_rewards = models.CharField(max_length=300, blank=True, default="")
+    # Start from another run's result: its LoRA is merged into its base before training.
+    base_run = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="derived_runs"
+    )
+    # The device mesh: data/FSDP times tensor parallelism devices; fsdp 0 is "all the slot's
+    # devices" (divided by tp). Defaults: FSDP over every device, as before.
+    mesh_fsdp = models.PositiveIntegerField(default=0)
+    mesh_tp = models.PositiveIntegerField(default=1)
     timeout_seconds = models.PositiveIntegerField()
 
     # What executes: the resolved config and the exact argv. Stored, never re-derived.
@@ -139,6 +188,10 @@ class TunixRun(models.Model):
     progress_updated_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker_host = models.CharField(max_length=255, blank=True)
+    # The slot of worker_host the run holds while it runs, and that slot's devices
+    # ("" when the slot shares every device of the host).
+    worker_slot = models.PositiveSmallIntegerField(null=True, blank=True)
+    devices = models.CharField(max_length=255, blank=True)
     pid = models.IntegerField(null=True, blank=True)
     pgid = models.IntegerField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
@@ -193,6 +246,13 @@ class TunixRun(models.Model):
                 name="run_running_heartbeat",
                 condition=Q(status="running"),
             ),
+            # The claim: WHERE status = 'pending' AND mode = 'local' ORDER BY created_at, id
+            # LIMIT 1 FOR UPDATE SKIP LOCKED; also the idle hosts' "anything to do?" poll.
+            models.Index(
+                fields=["created_at", "id"],
+                name="run_pending_oldest",
+                condition=Q(status="pending"),
+            ),
             # Retention: finished runs by age.
             models.Index(fields=["finished_at"], name="run_finished"),
             # A run's evaluations and exports: WHERE source_id = ? AND kind = ? ORDER BY
@@ -209,12 +269,24 @@ class TunixRun(models.Model):
             models.CheckConstraint(
                 condition=Q(kind__in=[k.value for k in RunKind]), name="run_kind_valid"
             ),
+            # A slot holds one run: two runs never share a slot's devices. Also the index for
+            # a host's busy slots: WHERE status = 'running' AND worker_host = ?.
+            models.UniqueConstraint(
+                fields=["worker_host", "worker_slot"],
+                condition=Q(status="running"),
+                name="run_one_per_slot",
+            ),
             # Two runs never write into one folder.
             models.UniqueConstraint(fields=["output_dir"], name="run_output_dir_unique"),
         ]
 
     def __str__(self) -> str:
         return f"{self.model_id} on {self.dataset_key} ({self.status})"
+
+    @property
+    def devices_needed(self) -> int:
+        """Devices the run's mesh names exactly; 0: whatever its slot has."""
+        return self.mesh_fsdp * self.mesh_tp if self.mesh_fsdp else 0
 
     @property
     def is_final(self) -> bool:
@@ -293,6 +365,42 @@ class EvaluationRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.evaluation_id} #{self.index} ({self.change})"
+
+
+class PlaygroundPrompt(models.Model):
+    """One prompt of a run's playground: who asked, with which settings, when; the rendered
+    prompt the models saw and the answers of the fine-tuned and the base model. Deleted with
+    the run."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting"
+        DONE = "done", "Answered"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(TunixRun, on_delete=models.CASCADE, related_name="prompts")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    prompt = models.TextField()
+    rendered_prompt = models.TextField()
+    generation = models.JSONField(default=dict)  # decoding settings
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    tuned_output = models.TextField(blank=True, default="")
+    base_output = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    # The first prompt to a run on a host loads both models and compiles: "cold".
+    cold = models.BooleanField(default=False)
+    seconds = models.FloatField(null=True, blank=True)
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "-created_at"], name="prompt_run_created")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} prompt {self.id} ({self.status})"
 
 
 class LogChunk(models.Model):
@@ -394,3 +502,35 @@ class FolderDeletion(models.Model):
 
     def __str__(self) -> str:
         return f"{len(self.paths)} folders, from {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class WorkerHost(models.Model):
+    """A worker host, as it registered itself: its slots and accelerators, and when it was
+    last seen. The web side offers runs to live hosts and checks a run's device needs
+    against them."""
+
+    name = models.CharField(max_length=255, unique=True)
+    # The django-q queue that wakes this host (Q_CLUSTER["cluster_name"] on it).
+    queue = models.CharField(max_length=100)
+    # One list of device ids per slot; an empty list shares every device of the host.
+    slots = models.JSONField(default=list)
+    # From the probe: {"platform", "kind", "count", "memory_bytes"} or {"error"}.
+    accelerators = models.JSONField(default=dict, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # Live hosts: WHERE heartbeat_at >= ?.
+            models.Index(fields=["heartbeat_at"], name="workerhost_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def slot_sizes(self) -> list[int]:
+        """Devices per slot; 0 for a slot that shares every device."""
+        return [len(devices) for devices in self.slots]

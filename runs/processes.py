@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ ENV_PASSTHROUGH = (
     "TZ",
     "CUDA_VISIBLE_DEVICES",
     "TPU_VISIBLE_DEVICES",
+    "TPU_VISIBLE_CHIPS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
     "XLA_FLAGS",
     "XLA_PYTHON_CLIENT_MEM_FRACTION",
     "JAX_PLATFORMS",
@@ -115,4 +116,5 @@ def process_alive(pid, create_time) -> bool:
 
 
 def this_host() -> str:
-    return socket.gethostname()[:255]
+    """This worker host's name (TUNIXRT_HOST_NAME, else the system's host name)."""
+    return settings.HOST_NAME

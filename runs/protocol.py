@@ -41,6 +41,8 @@ EVENT_CHECKPOINT = "checkpoint"
 EVENT_RESUMED = "resumed"
 EVENT_SUMMARY = "summary"
 EVENT_ERROR = "error"
+# A generated completion with its rewards (GRPO evaluations), shown escaped on the run page.
+EVENT_SAMPLE = "sample"
 EVENTS = (
     EVENT_PHASE,
     EVENT_ENVIRONMENT,
@@ -50,9 +52,10 @@ EVENTS = (
     EVENT_RESUMED,
     EVENT_SUMMARY,
     EVENT_ERROR,
+    EVENT_SAMPLE,
 )
 # Events kept in the run's environment as its history (bounded by the supervisor).
-HISTORY_EVENTS = (EVENT_CHECKPOINT, EVENT_SUMMARY, EVENT_RESUMED)
+HISTORY_EVENTS = (EVENT_CHECKPOINT, EVENT_SUMMARY, EVENT_RESUMED, EVENT_SAMPLE)
 
 # --- phases -----------------------------------------------------------------------------
 PHASE_QUEUED = "queued"
@@ -205,6 +208,10 @@ def model_config_check(family: str, hf: dict) -> tuple[dict, list[str]]:
 Segment = tuple[str, bool]
 LLAMA3_DATE = "26 Jul 2024"  # the official template's default "Today Date"
 QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# GRPO and its variants (Tunix GRPOLearner, DAPOLearner, DrGRPOLearner), and its losses.
+GRPO_VARIANTS = ("grpo", "dapo", "drgrpo")
+GRPO_LOSSES = ("grpo", "gspo-token")
+
 # The marker that ends a turn in each family's format (generation stops at it).
 END_OF_TURN = {
     "llama3": "<|eot_id|>",

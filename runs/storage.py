@@ -18,7 +18,11 @@ from typing import Any
 
 from django.conf import settings
 
-from . import protocol
+from . import objectstore, protocol
+from .archives import Spool, add_in_blocks
+from .objectstore import dataset_publish, dataset_unpublish, stored_folder_remove
+
+__all__ = ["dataset_publish", "dataset_unpublish", "stored_folder_remove"]
 from .errors import Conflict, NotFound
 from .models import Dataset, TunixRun
 
@@ -138,6 +142,8 @@ def dataset_path(dataset: Dataset) -> Path:
 
 def run_checkpoints(run: TunixRun) -> list[dict[str, Any]]:
     """Checkpoints by step with their completeness marker, newest first."""
+    if objectstore.artifacts():
+        return objectstore.run_checkpoints(run.output_dir)
     try:
         root = run_output_path(run) / "checkpoints"
     except UnsafePath:
@@ -200,7 +206,9 @@ def _output_files(root: Path, skip: set[Path]):
 
 def run_output_files(run: TunixRun, *, limit: int = 2000) -> list[dict]:
     """Files under the run's folder (relative paths, sizes); symlinks are not followed."""
-
+    if objectstore.artifacts():
+        rows = objectstore.run_files(run.output_dir)[:limit]
+        return [{"path": path, "size": size} for path, size in rows]
     try:
         root = run_output_path(run)
     except Exception:
@@ -221,6 +229,8 @@ def run_output_file(run: TunixRun, relative: str):
     The checks are made on the opened file, so it cannot be swapped after them."""
 
     missing = NotFound("No such file in this run's outputs.")
+    if store := objectstore.artifacts():
+        return store.open(f"{run.output_dir}/{relative}")  # the key is checked there
     try:
         root = run_output_path(run)
         path = safe_relative(root, relative, segment_re=READ_SEGMENT_RE)
@@ -239,24 +249,6 @@ def run_output_file(run: TunixRun, relative: str):
     return os.fdopen(fd, "rb")
 
 
-class _Spool:
-    """A write-only file object whose bytes are handed out as they accumulate."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
-
-
-ARCHIVE_BLOCK = 1024 * 1024
-
-
 def run_output_archive(run: TunixRun):
     """The run's whole folder as a streamed .tar.gz. Each file is read and compressed in
     blocks of ARCHIVE_BLOCK, and what is compressed is handed out block by block, so
@@ -264,7 +256,10 @@ def run_output_archive(run: TunixRun):
     other runs' folders); a file that grows while it is read is cut at its listed size."""
 
     root = run_output_path(run)
-    spool = _Spool()
+    if objectstore.artifacts():
+        yield from objectstore.run_archive(run.output_dir, root.name)
+        return
+    spool = Spool()
     with tarfile.open(fileobj=spool, mode="w|gz") as archive:
         if root.is_dir():
             for path, info in _output_files(root, foreign_folders(run)):
@@ -277,34 +272,14 @@ def run_output_archive(run: TunixRun):
                         continue
                     member = tarfile.TarInfo(f"{root.name}/{path.relative_to(root)}")
                     member.size, member.mtime, member.mode = info.st_size, info.st_mtime, 0o644
-                    yield from _add_in_blocks(archive, member, handle, spool)
-    yield spool.take()
-
-
-def _add_in_blocks(archive: tarfile.TarFile, member: tarfile.TarInfo, handle, spool: _Spool):
-    """tarfile.addfile, but yielding the compressed bytes after every block it reads."""
-    header = member.tobuf(archive.format, archive.encoding, archive.errors)
-    archive.fileobj.write(header)
-    archive.offset += len(header)
-    left = member.size
-    while left > 0:
-        block = handle.read(min(ARCHIVE_BLOCK, left))
-        if not block:
-            block = b"\0" * min(ARCHIVE_BLOCK, left)  # the file shrank: pad to the size
-        archive.fileobj.write(block)
-        left -= len(block)
-        yield spool.take()
-    blocks, remainder = divmod(member.size, tarfile.BLOCKSIZE)
-    if remainder:
-        archive.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
-        blocks += 1
-    archive.offset += blocks * tarfile.BLOCKSIZE
+                    yield from add_in_blocks(archive, member, handle, spool)
     yield spool.take()
 
 
 def run_folder_size(run: TunixRun) -> int:
     """Bytes of the regular files in the run's folder (0 when it has none)."""
-
+    if objectstore.artifacts():
+        return sum(size for _, size in objectstore.run_files(run.output_dir))
     try:
         path = run_output_path(run)
     except UnsafePath:
@@ -316,7 +291,7 @@ def dataset_file(dataset: Dataset) -> Path:
     """The stored file of a dataset; Conflict when it has gone missing."""
 
     try:
-        path = dataset_path(dataset)
+        path = dataset_local(dataset)
     except UnsafePath:
         path = None
     if path is None or not path.is_file():
@@ -439,6 +414,8 @@ def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000
     complete or not), the rest as a folder tree whose folders list at most `shown` entries
     each and say how many more they hold. At most `max_entries` entries are looked at;
     `partial` says the listing stopped there. Symlinks are neither followed nor listed."""
+    if objectstore.artifacts():
+        return objectstore.run_tree(run.output_dir, shown=shown, max_entries=max_entries)
     empty = {"checkpoints": [], "tree": None, "files": 0, "size": 0, "partial": False}
     try:
         root = run_output_path(run)
@@ -475,6 +452,11 @@ def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000
 def run_checkpoint_archive(run: TunixRun, step: int):
     """One checkpoint step's folder as a streamed .tar.gz (`checkpoint-<step>/...`), regular
     files only; NotFound when the run has no such step."""
+    if objectstore.artifacts():
+        if not any(row["step"] == int(step) for row in run_checkpoints(run)):
+            raise NotFound(f"This run has no checkpoint at step {int(step)}.")
+        name, under = f"checkpoint-{int(step)}", f"{protocol.CHECKPOINTS_DIRNAME}/{int(step)}"
+        return objectstore.run_archive(run.output_dir, name, under=under)
     try:
         folder = _checkpoint_step_dir(run_output_path(run), step)
     except UnsafePath:
@@ -483,7 +465,7 @@ def run_checkpoint_archive(run: TunixRun, step: int):
         raise NotFound(f"This run has no checkpoint at step {int(step)}.")
 
     def stream():
-        spool = _Spool()
+        spool = Spool()
         with tarfile.open(fileobj=spool, mode="w|gz") as archive:
             for path, _size in _files_under(folder):
                 name = f"checkpoint-{int(step)}/{path.relative_to(folder)}"
@@ -492,3 +474,22 @@ def run_checkpoint_archive(run: TunixRun, step: int):
         yield spool.take()
 
     return stream()
+
+
+# --- the object store (objectstore.py), for hosts that share no mount -----------------------
+
+
+def run_published(run: TunixRun):
+    """With a store: upload the run's folder while it runs and when it ends (Publisher)."""
+    return objectstore.publishing(run_output_path(run), run.output_dir, run.id)
+
+
+def run_localized(run: TunixRun) -> dict:
+    """The run's config with this host's paths (see objectstore.localize)."""
+    parent = run_output_path(run.parent) if run.parent is not None else None
+    return objectstore.localize(run, run_output_path(run), parent)
+
+
+def dataset_local(dataset: Dataset) -> Path:
+    """The dataset's file on this host (with a store: fetched into the local cache)."""
+    return objectstore.dataset_fetch(dataset_path(dataset), dataset.file_path, dataset.size_bytes)

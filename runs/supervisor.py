@@ -349,7 +349,7 @@ class Supervisor:
         elif kind == "error" and isinstance(event.get("message"), str):
             self.last_error = event["message"][:2000]
             self._text("stderr", f"[launcher] error: {self.last_error}\n".encode())
-        elif kind in ("checkpoint", "summary", "resumed"):
+        elif kind in protocol.HISTORY_EVENTS:
             self.environment.setdefault("events", [])
             if len(self.environment["events"]) < 200:
                 self.environment["events"].append(event)

@@ -3,9 +3,14 @@
 from runs import services
 
 
+def start_runs() -> str:
+    """A wake-up: start the oldest pending run that fits a free slot of this host."""
+    return services.run_start_next()
+
+
 def execute_run(run_id: str) -> str:
-    outcome = services.run_execute(run_id=run_id)
-    return f"{outcome}; {services.job_after_finish(run_id=run_id)}"
+    """Tasks queued before wake-ups (an upgrade with runs in the queue): the same work."""
+    return services.run_start_next()
 
 
 def reap_runs() -> str:
@@ -14,3 +19,7 @@ def reap_runs() -> str:
 
 def prune_runs() -> str:
     return services.runs_prune_expired()
+
+
+def answer_prompt(prompt_id: str) -> str:
+    return services.prompt_answer(prompt_id=prompt_id)

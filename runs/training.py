@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from . import protocol
+from .launcher import rewards
 
 # --- model references -------------------------------------------------------------------
 
@@ -140,6 +141,7 @@ CONFIG_FILENAME = protocol.CONFIG_FILENAME
 TRAIN_DATA_FILENAME = protocol.TRAIN_DATA_FILENAME
 
 
+# long: one literal, the whole config file the launcher reads
 def build_config(
     *,
     run_id: str,
@@ -149,8 +151,10 @@ def build_config(
     output_path: Path,
     hyperparameters: dict[str, Any],
     resume_checkpoint_dir: str | None = None,
+    base_run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The complete config file the launcher reads. Every value is resolved here."""
+    """The complete config file the launcher reads. Every value is resolved here.
+    `base_run` ({output_dir, checkpoint_dir, lora}): start from that run's result."""
     hp = hyperparameters
     return {
         "schema": protocol.SCHEMA_VERSION,
@@ -169,24 +173,7 @@ def build_config(
             # From the dataset, not the run: runs on a dataset share their held-out rows.
             "split_seed": protocol.split_seed(dataset_sha256),
         },
-        "training": {
-            "learning_rate": hp["learning_rate"],
-            "num_epochs": hp["num_epochs"],
-            "batch_size": hp["batch_size"],
-            "max_seq_length": hp["max_seq_length"],
-            "max_steps": hp["max_steps"],
-            "eval_every_n_steps": hp["eval_every_n_steps"],
-            "seed": hp["seed"],
-            "weight_decay": 0.0,
-            "gradient_accumulation_steps": 1,
-            "checkpoint_every_n_steps": hp["checkpoint_every_n_steps"],
-            "max_checkpoints_to_keep": hp["checkpoints_to_keep"],
-            "lr_schedule": hp["lr_schedule"],
-            "warmup_steps": hp["warmup_steps"],
-            "max_grad_norm": hp["max_grad_norm"],
-            "compute_dtype": hp["compute_dtype"],
-            "long_completions": hp["long_completions"],
-        },
+        "training": _training_section(hp),
         "lora": {
             "enabled": hp["lora_rank"] > 0,
             "rank": hp["lora_rank"],
@@ -199,7 +186,76 @@ def build_config(
             "tensorboard_dir": str(output_path / protocol.TENSORBOARD_DIRNAME),
         },
         "resume": {"checkpoint_dir": resume_checkpoint_dir},
+        "method": method_section(hp),
+        "base_run": base_run or {},
     }
+
+
+def _training_section(hp: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "learning_rate": hp["learning_rate"],
+        "num_epochs": hp["num_epochs"],
+        "batch_size": hp["batch_size"],
+        "max_seq_length": hp["max_seq_length"],
+        "max_steps": hp["max_steps"],
+        "eval_every_n_steps": hp["eval_every_n_steps"],
+        "seed": hp["seed"],
+        "weight_decay": 0.0,
+        "gradient_accumulation_steps": 1,
+        "checkpoint_every_n_steps": hp["checkpoint_every_n_steps"],
+        "max_checkpoints_to_keep": hp["checkpoints_to_keep"],
+        "lr_schedule": hp["lr_schedule"],
+        "warmup_steps": hp["warmup_steps"],
+        "max_grad_norm": hp["max_grad_norm"],
+        "compute_dtype": hp["compute_dtype"],
+        "long_completions": hp["long_completions"],
+        "mesh": {"fsdp": hp.get("mesh_fsdp", 0), "tp": hp.get("mesh_tp", 1)},
+    }
+
+
+def reward_section(hp: dict[str, Any]) -> dict[str, Any]:
+    """The rewards of a GRPO run: the built-in ones with a weight other than 0, then the
+    installed ones named in extra_rewards (see runs.launcher.rewards)."""
+    weights = [
+        {"name": name, "weight": hp[f"reward_{name}"]}
+        for name in rewards.BUILTIN_REWARDS
+        if hp.get(f"reward_{name}")
+    ]
+    weights += [
+        {"name": name, "weight": weight}
+        for name, weight in rewards.parse_reward_list(hp.get("extra_rewards") or "")
+    ]
+    return {
+        "extraction": hp["answer_extraction"],
+        "marker": hp["answer_marker"],
+        "tag": hp["answer_tag"],
+        "match_mode": hp["answer_match_mode"],
+        "tolerance": hp["answer_tolerance"],
+        "length_target": hp["length_target"],
+        "rewards": weights,
+    }
+
+
+def method_section(hp: dict[str, Any]) -> dict[str, Any]:
+    """The method and only the settings it uses."""
+    method = hp.get("method", "sft")
+    if method in ("dpo", "orpo"):
+        return {"name": method, "beta": hp["dpo_beta"], "lambda_orpo": hp["orpo_lambda"]}
+    if method == "grpo":
+        return {
+            "name": method,
+            "variant": hp["grpo_variant"],
+            "loss_algo": hp["grpo_loss"],
+            "num_generations": hp["num_generations"],
+            "num_iterations": hp["num_iterations"],
+            "beta": hp["kl_beta"],
+            "epsilon": hp["clip_epsilon"],
+            "max_new_tokens": hp["max_new_tokens"],
+            "temperature": hp["temperature"],
+            "top_p": hp["top_p"],
+            "rewards": reward_section(hp),
+        }
+    return {"name": method}
 
 
 def build_command(output_path: Path) -> list[str]:

@@ -124,7 +124,17 @@ def isolated_dirs(settings, tmp_path):
     training._probe_cache.clear()
     # Cached answers are keyed by ids a new test database may hand out again.
     cache.clear()
+    # Tests claim several runs in this process without finishing them: it stands in for a
+    # host with enough slots (real workers get theirs from TUNIXRT_SLOTS, see start_cluster).
+    settings.SLOTS = [[] for _ in range(8)]
     yield
+
+
+@pytest.fixture(autouse=True)
+def no_evaluation_after_runs(settings):
+    """A completed real run queues no evaluation unless its test asks for one (it would cost
+    the worker minutes of CPU); tests that want it pass "evaluate_after": true."""
+    settings.EVALUATE_AFTER_RUN = False
 
 
 @pytest.fixture(autouse=True)
@@ -338,7 +348,11 @@ def start_cluster(settings, tmp_path, transactional_db):
             "TUNIXRT_REAPER_INTERVAL_SECONDS": "1",
             "TUNIXRT_CANCEL_GRACE_SECONDS": "2",
             "TUNIXRT_QUEUE_POLL_SECONDS": "0.1",
+            "TUNIXRT_IDLE_POLL_SECONDS": "0.2",
+            # The device probe imports JAX (seconds of CPU); tests that need it turn it on.
+            "TUNIXRT_PROBE_DEVICES": "0",
             "TUNIXRT_LOG_LEVEL": "INFO",
+            "TUNIXRT_EVALUATE_AFTER_RUN": "0",
             **{k: str(v) for k, v in overrides.items()},
         }
         cluster = Cluster(env, tmp_path / f"qcluster-{name}-{len(clusters)}.log").start()

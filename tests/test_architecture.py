@@ -118,13 +118,16 @@ def module_level_imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "path",
-    sorted((REPO / "runs" / "launcher").glob("*.py")) + [REPO / "runs" / "protocol.py"],
-    ids=lambda p: p.name,
+    sorted((REPO / "runs" / "launcher").rglob("*.py")) + [REPO / "runs" / "protocol.py"],
+    ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_the_launcher_imports_only_the_standard_library_at_module_level(path):
+    launcher = REPO / "runs" / "launcher"
     allowed_app = {"runs", "runs.protocol"} | {
-        f"runs.launcher.{p.stem}" for p in (REPO / "runs" / "launcher").glob("*.py")
+        ".".join(("runs", "launcher", *p.relative_to(launcher).with_suffix("").parts))
+        for p in launcher.rglob("*.py")
     }
+    allowed_app |= {name.removesuffix(".__init__") for name in allowed_app}
     for name in module_level_imports(path):
         if name.startswith("runs"):
             assert name in allowed_app, name
@@ -142,5 +145,7 @@ def test_the_model_has_a_field_of_the_right_kind_for_every_hyperparameter():
         assert field.get_internal_type() == kind, name
         if bound.choices:
             assert [value for value, _ in field.choices] == list(bound.choices), name
+        if bound.kind is str and not bound.choices:
+            assert field.max_length == bound.maximum, name
         if bound.kind is int:
             assert bound.minimum >= 0 and bound.maximum <= 2**31 - 1, name

@@ -83,6 +83,7 @@ def test_the_main_pages_load_in_chromium_without_a_csp_violation(
         "/datasets/",
         f"/datasets/{dataset.key}/",
         "/datasets/upload/",
+        "/models/",
         "/admin/",
         "/admin/runs/tunixrun/",
         f"/admin/runs/tunixrun/{first.id}/change/",

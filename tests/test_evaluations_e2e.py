@@ -24,7 +24,13 @@ def test_a_completed_run_is_evaluated_and_exported(
     start_cluster(workers=1)
     response = api.post(
         "/api/tunix/run",
-        {"dataset_key": dataset.key, "model_id": tiny_model, "dry_run": False, **TRAIN},
+        {
+            "dataset_key": dataset.key,
+            "model_id": tiny_model,
+            "dry_run": False,
+            "evaluate_after": True,
+            **TRAIN,
+        },
     )
     assert response.status_code == 202, response.content
     run = finished(response.json()["id"])

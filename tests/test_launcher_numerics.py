@@ -70,7 +70,10 @@ def lora_arrays(checkpoint):
 @pytest.mark.tunix
 @pytest.mark.parametrize("family", ["llama3", "gemma2", "gemma3", "qwen2", "qwen3"])
 def test_a_tiny_model_trains_in_bf16_and_fp32_with_lora_changing_every_step(workspace, family):
-    for dtype, compute in (("bfloat16", "bf16"), ("float32", "fp32")):
+    # bf16 is what real checkpoints ship and what broke; fp32 is checked on one family
+    # (the launcher's precision code does not branch by family), to keep the lane short.
+    cases = [("bfloat16", "bf16")] + ([("float32", "fp32")] if family == "llama3" else [])
+    for dtype, compute in cases:
         model_dir = tiny_model(workspace, family, dtype)
         run_dir = workspace / f"run-{family}-{dtype}"
         config = make_config(

@@ -100,4 +100,4 @@ def test_the_seed_fields_are_documented_in_the_openapi_spec(anon_api):
     assert create["content"]["application/json"]["schema"]["$ref"].endswith("/RunDetailOut")
     # The list stays lean: its items carry no log tails.
     page = spec["components"]["schemas"]["RunPageOut"]["properties"]["items"]["items"]
-    assert page["$ref"].endswith("/RunOut")
+    assert page["$ref"].endswith("/RunListItemOut")

@@ -217,7 +217,7 @@ def test_the_form_shows_datasets_with_row_counts_models_and_bounds(
     assert re.search(r'name="learning_rate"[^>]*max="1\.0"', html)
     assert re.search(r'name="learning_rate"[^>]*min="1e-08"', html)
     assert "Rows per training step. 1 to 1,024." in html
-    assert "Seed for the data split, shuffling and init. 0 to 2,147,483,647." in html
+    assert "Seed for shuffling and initialisation. 0 to 2,147,483,647." in html
     assert "Peak learning rate of AdamW. 1e-8 to 1." in html
     assert 'hx-post="/runs/new/validate/"' in html
     # The preview of the defaults is already there, without JavaScript.

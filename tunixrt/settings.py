@@ -7,6 +7,7 @@ SQLite with nothing else to start. `DATABASE_URL` switches to PostgreSQL.
 import contextlib
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -240,6 +241,17 @@ LOGGING = {
 ARTIFACTS_DIR = Path(envstr("TUNIXRT_ARTIFACTS_DIR", str(DATA_DIR / "artifacts"))).resolve()
 DATASETS_DIR = Path(envstr("TUNIXRT_DATASETS_DIR", str(DATA_DIR / "datasets"))).resolve()
 MODELS_DIR = Path(envstr("TUNIXRT_MODELS_DIR", str(DATA_DIR / "models"))).resolve()
+# An object store instead of a shared mount (s3://bucket/prefix or gs://bucket/prefix; the
+# `objectstore` extra). The folders above then hold only each host's scratch copy of running
+# runs and its cache of dataset files. Credentials come from the usual places of boto /
+# google-auth (AWS_ACCESS_KEY_ID..., GOOGLE_APPLICATION_CREDENTIALS); any S3-compatible
+# service works with its endpoint in TUNIXRT_S3_ENDPOINT_URL.
+ARTIFACTS_URL = envstr("TUNIXRT_ARTIFACTS_URL", "").strip()
+DATASETS_URL = envstr("TUNIXRT_DATASETS_URL", "").strip()
+S3_ENDPOINT_URL = envstr("TUNIXRT_S3_ENDPOINT_URL", "").strip()
+for _url in (ARTIFACTS_URL, DATASETS_URL):
+    if _url and (_url.partition("://")[0] not in ("s3", "gs") or not _url.partition("://")[2]):
+        raise ImproperlyConfigured(f"{_url!r}: use s3://bucket/prefix or gs://bucket/prefix")
 for _folder in (ARTIFACTS_DIR, DATASETS_DIR, MODELS_DIR):
     _folder.mkdir(parents=True, exist_ok=True)
 
@@ -256,6 +268,13 @@ TUNIX_LAUNCHER_MODULE = envstr("TUNIXRT_LAUNCHER_MODULE", "runs.launcher")
 # Evaluate every completed Tunix training run by generation (a per-run "evaluate_after" in
 # its config overrides this).
 EVALUATE_AFTER_RUN = envbool("TUNIXRT_EVALUATE_AFTER_RUN", "1")
+# The playground's generation server (one per worker host): models kept loaded (a run's
+# fine-tuned and base model are two), idle seconds before it exits, seconds to wait for it to
+# start, and seconds a prompt may take (the first one loads and compiles).
+PLAYGROUND_MODELS = envint("TUNIXRT_PLAYGROUND_MODELS", "2")
+PLAYGROUND_IDLE_SECONDS = envint("TUNIXRT_PLAYGROUND_IDLE_SECONDS", "900")
+PLAYGROUND_START_SECONDS = envint("TUNIXRT_PLAYGROUND_START_SECONDS", "120")
+PLAYGROUND_TIMEOUT_SECONDS = envint("TUNIXRT_PLAYGROUND_TIMEOUT_SECONDS", "600")
 RUN_TIMEOUT_DEFAULT = envint("TUNIXRT_RUN_TIMEOUT", str(6 * 3600))
 RUN_TIMEOUT_MAX = envint("TUNIXRT_RUN_TIMEOUT_MAX", str(3 * 24 * 3600))
 CANCEL_GRACE_SECONDS = envint("TUNIXRT_CANCEL_GRACE_SECONDS", "10")
@@ -265,6 +284,55 @@ REAPER_INTERVAL_SECONDS = envint("TUNIXRT_REAPER_INTERVAL_SECONDS", "30")
 # Pending runs not started after this long are handed to the queue again (lost tasks).
 REQUEUE_AFTER_SECONDS = envint("TUNIXRT_REQUEUE_AFTER_SECONDS", "600")
 MAX_CONCURRENT_RUNS = envint("TUNIXRT_MAX_CONCURRENT_RUNS", "1")
+
+
+def _slots() -> list[list[str]]:
+    """This worker host's training slots, each the list of device ids it owns (an empty list:
+    every device the worker sees, shared). TUNIXRT_SLOTS="0,1,2,3;4,5,6,7" names them;
+    TUNIXRT_DEVICES_PER_RUN=N splits TUNIXRT_DEVICES (or CUDA_VISIBLE_DEVICES, or
+    TPU_VISIBLE_CHIPS) into groups of N; otherwise TUNIXRT_MAX_CONCURRENT_RUNS slots that
+    share every device, as before slots owned devices (runs/slots.py)."""
+    named = envstr("TUNIXRT_SLOTS").strip()
+    per_run = envint("TUNIXRT_DEVICES_PER_RUN", "0")
+    if named:
+        slots = [[d.strip() for d in group.split(",") if d.strip()] for group in named.split(";")]
+        slots = [group for group in slots if group]
+    elif per_run > 0:
+        listed = (
+            envstr("TUNIXRT_DEVICES")
+            or envstr("CUDA_VISIBLE_DEVICES")
+            or envstr("TPU_VISIBLE_CHIPS")
+        )
+        devices = [d.strip() for d in listed.split(",") if d.strip()]
+        if not devices:
+            raise ImproperlyConfigured(
+                "TUNIXRT_DEVICES_PER_RUN needs the host's devices: set TUNIXRT_DEVICES=0,1,... "
+                "(or CUDA_VISIBLE_DEVICES / TPU_VISIBLE_CHIPS)."
+            )
+        slots = [devices[i : i + per_run] for i in range(0, len(devices) - per_run + 1, per_run)]
+    else:
+        return [[] for _ in range(max(1, MAX_CONCURRENT_RUNS))]
+    flat = [d for group in slots for d in group]
+    if not slots or len(flat) != len(set(flat)):
+        raise ImproperlyConfigured(
+            f"TUNIXRT_SLOTS={named!r}: give one or more groups of distinct device ids, "
+            "e.g. 0,1,2,3;4,5,6,7 (a device belongs to one slot only)."
+        )
+    return slots
+
+
+SLOTS = _slots()
+# The name this worker host goes by in the run table and the host list. Two hosts must not
+# share one (their runs' process groups and slots would be confused); containers that all
+# report one host name set it.
+HOST_NAME = (envstr("TUNIXRT_HOST_NAME") or socket.gethostname())[:200]
+# Idle hosts look for pending runs this often (a submission also wakes them at once).
+IDLE_POLL_SECONDS = float(envstr("TUNIXRT_IDLE_POLL_SECONDS", "2"))
+# A host whose heartbeat is older than this is not offered runs and not counted as existing
+# when a run's device needs are checked.
+HOST_STALE_SECONDS = envint("TUNIXRT_HOST_STALE_SECONDS", "120")
+# Probe the host's accelerators (a JAX subprocess in the training interpreter) at worker start.
+PROBE_DEVICES = envbool("TUNIXRT_PROBE_DEVICES", "1")
 LOG_CAP_BYTES = envint("TUNIXRT_LOG_CAP_BYTES", str(16 * 1024 * 1024))
 LOG_FLUSH_SECONDS = float(envstr("TUNIXRT_LOG_FLUSH_SECONDS", "1.0"))
 LOG_FLUSH_BYTES = envint("TUNIXRT_LOG_FLUSH_BYTES", str(64 * 1024))
@@ -281,20 +349,24 @@ DATASET_MAX_LINE_BYTES = envint("TUNIXRT_DATASET_MAX_LINE_BYTES", str(1024 * 102
 # spaced, and scale; counting characters always reads every row.
 DATASET_STATS_MAX_TOKENIZED_ROWS = envint("TUNIXRT_DATASET_STATS_MAX_TOKENIZED_ROWS", "20000")
 
-# django-q2. One queue worker process executes one run at a time, so the number of workers
-# is the number of runs a host trains at once (think GPU slots). A task lives as long as
-# its run, so the task timeout must exceed the longest allowed run, and `retry` (when the
-# broker hands an unacknowledged task out again) must exceed the timeout, or a running task
-# would be handed to a second worker. tunixrt/apps checks this ordering at startup.
+# django-q2. One queue worker process executes one run at a time: one worker per slot. A
+# task lives as long as its run, so the task timeout must exceed the longest allowed run, and
+# `retry` (when the broker hands an unacknowledged task out again) must exceed the timeout,
+# or a running task would be handed to a second worker. tunixrt/apps checks this ordering.
+# Each host reads its own queue ("cluster_name"): a task there only wakes that host, which
+# then claims the oldest pending run from the run table while it has a free slot. A busy
+# host's prefetched task therefore holds no run (runs/services/hosts.py).
+QUEUE_NAME = envstr("TUNIXRT_QUEUE_NAME", "tunixrt")
 Q_CLUSTER = {
-    "name": envstr("TUNIXRT_QUEUE_NAME", "tunixrt"),
-    "workers": MAX_CONCURRENT_RUNS,
+    "name": QUEUE_NAME,
+    "cluster_name": f"{QUEUE_NAME}@{HOST_NAME}"[:100],
+    "workers": len(SLOTS),
     "recycle": 50,
     "timeout": RUN_TIMEOUT_MAX + 10 * 60,
     "retry": RUN_TIMEOUT_MAX + 20 * 60,
     "max_attempts": 1,
-    # Pull at most one task ahead per worker so a busy host does not hoard runs.
-    "queue_limit": MAX_CONCURRENT_RUNS,
+    # Wake-ups carry no run, so what a busy host pulls ahead costs nothing; keep it small.
+    "queue_limit": len(SLOTS),
     "bulk": 1,
     "save_limit": 250,
     "catch_up": False,

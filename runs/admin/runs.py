@@ -117,6 +117,8 @@ class TunixRunAdmin(admin.ModelAdmin):
                     "progress",
                     "heartbeat_at",
                     "worker_host",
+                    "worker_slot",
+                    "devices",
                     "pid",
                     "cancel_requested_at",
                 )

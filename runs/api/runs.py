@@ -110,6 +110,8 @@ def run_create(request, payload: RunIn):
             hyperparameters={name: data[name] for name in hyperparameters.HYPERPARAMETERS},
             timeout_seconds=payload.timeout_seconds,
             name=payload.name,
+            base_run_id=str(payload.base_run_id) if payload.base_run_id else None,
+            evaluate_after=payload.evaluate_after,
         ),
     )
     return Status(201 if payload.dry_run else 202, run)

@@ -22,27 +22,25 @@ def hp(name: str, *, change: bool = False) -> Any:
     JSON `true` is not the integer 1, and "5" is not a number. For a change (rerun), absent
     unless given."""
     bound = HYPERPARAMETERS[name]
-    if bound.choices:
-        return Field(None if change else bound.default, description=bound.help)
-    return Field(
-        None if change else bound.default,
-        ge=bound.minimum,
-        le=bound.maximum,
-        description=bound.help,
-        strict=True,
-    )
+    default = None if change else bound.default
+    if bound.kind is str:
+        if bound.choices:
+            return Field(default, description=bound.help)
+        return Field(
+            default, max_length=int(bound.maximum), pattern=r"^[^\x00\n]*$", description=bound.help
+        )
+    return Field(default, ge=bound.minimum, le=bound.maximum, description=bound.help, strict=True)
 
 
-def hp_type(name: str) -> Any:
-    """The type of a hyperparameter: its number kind, or a Literal of its choices."""
-    bound = HYPERPARAMETERS[name]
+def hp_type(bound) -> Any:
+    """The annotation of a setting: a Literal of its choices, or its kind."""
     return literal(bound.choices) if bound.choices else bound.kind
 
 
 def hyperparameter_fields(*, change: bool = False) -> dict[str, Any]:
     """Annotations and fields of every hyperparameter, for a schema's namespace."""
     annotations = {
-        name: (hp_type(name) | None) if (bound.optional or change) else hp_type(name)
+        name: (hp_type(bound) | None) if (bound.optional or change) else hp_type(bound)
         for name, bound in HYPERPARAMETERS.items()
     }
     fields = {name: hp(name, change=change) for name in HYPERPARAMETERS}
@@ -70,7 +68,7 @@ HyperparametersOut = type(
     (Schema,),
     {
         "__annotations__": {
-            name: (hp_type(name) | None) if b.optional else hp_type(name)
+            name: (hp_type(b) | None) if b.optional else hp_type(b)
             for name, b in HYPERPARAMETERS.items()
         }
     },
@@ -135,8 +133,16 @@ class RunIn(HyperparametersIn):
         description="local:NAME, ORG/NAME (Hugging Face) or kaggle:OWNER/MODEL/...",
     )
     dry_run: bool = Field(True, description="Validate and build the config; execute nothing.")
+    base_run_id: UUID | None = Field(
+        None, description="Start from this completed LoRA run's result (merged into the base)."
+    )
     name: str = Field("", max_length=200, pattern=TEXT)
     timeout_seconds: int | None = Field(None, ge=10, le=settings.RUN_TIMEOUT_MAX, strict=True)
+    evaluate_after: bool | None = Field(
+        None,
+        description="Evaluate by generation when the run completes "
+        "(default: the server's TUNIXRT_EVALUATE_AFTER_RUN).",
+    )
 
 
 class RunOut(HyperparametersOut):

@@ -15,11 +15,49 @@ from typing import Any
 from runs import protocol
 from runs.datasets.validation import RowError
 
+# The dataset formats each method can train on, and why the others cannot.
+METHOD_FORMATS = {
+    "sft": ("reasoning", "prompt_completion", "messages", "prompt_answer"),
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "grpo": ("reasoning", "prompt_completion", "messages", "prompt_answer"),
+}
+METHOD_NEEDS = {
+    "sft": "SFT needs a prompt and its answer; preference pairs are for DPO and ORPO.",
+    "dpo": "DPO needs preference pairs: a prompt with a chosen and a rejected answer.",
+    "orpo": "ORPO needs preference pairs: a prompt with a chosen and a rejected answer.",
+    "grpo": "GRPO needs a prompt and a reference answer; preference pairs have no single one.",
+}
+
+
+def format_fits(method: str, fmt: str) -> bool:
+    return fmt in METHOD_FORMATS.get(method, ())
+
+
+def default_method(fmt: str) -> str:
+    """The method a dataset page previews a format with."""
+    return "dpo" if fmt == "preference" else "sft"
+
+
+def _prompt_turns(prompt: str | list) -> list[tuple[str, str]]:
+    if isinstance(prompt, str):
+        return [("user", prompt)]
+    return [(m["role"], m["content"]) for m in prompt]
+
+
+def _response(value: str | list) -> str:
+    return value if isinstance(value, str) else value[0]["content"]
+
 
 def row_turns(row: dict, fmt: str) -> tuple[list[tuple[str, str]], str]:
-    """(turns before the answer, the answer) of one row, before any chat template."""
+    """(turns before the answer, the answer) of one row, before any chat template. For a
+    preference pair, the answer is the chosen one."""
     if fmt == "prompt_completion":
         return [("user", row["prompt"])], row["completion"]
+    if fmt == "prompt_answer":
+        return [("user", row["prompt"])], row["answer"]
+    if fmt == "preference":
+        return _prompt_turns(row["prompt"]), _response(row["chosen"])
     if fmt == "reasoning":
         steps = sorted(row["steps"], key=lambda s: s["i"])
         lines = [f"Step {s['i']} ({s['type']}): {s['content']}" for s in steps]
@@ -60,21 +98,51 @@ class Template:
             raise RowError(f"the checkpoint's chat template failed: {exc}") from None
 
 
-def render_row(row: dict, fmt: str, family: str, template: Template | None = None) -> dict:
-    """The exact training text of a row: {prompt, completion, segments}. `completion` is the
-    last assistant turn; `segments` lists every (text, trained) part, earlier assistant
-    turns trained too."""
-    segments = (template or Template(family)).segments(row_messages(row, fmt))
+def reference_of(row: dict, fmt: str) -> str:
+    """A row's reference for GRPO's rewards: the final answer, the answer, or the whole
+    completion (the reward extracts the answer from it when it is in the answer format)."""
+    if fmt == "reasoning":
+        return row["final_answer"]
+    if fmt == "prompt_answer":
+        return row["answer"]
+    return row_turns(row, fmt)[1]
+
+
+def render_row(
+    row: dict, fmt: str, family: str, template: Template | None = None, method: str = "sft"
+) -> dict:
+    """The exact training text of a row. SFT: {prompt, completion, segments}; `completion` is
+    the last assistant turn; `segments` lists every (text, trained) part, earlier assistant
+    turns trained too. DPO/ORPO: {prompt, chosen, rejected}. GRPO: {prompt, answer} (the
+    model writes the completion; `answer` is the reference its rewards compare with)."""
+    if not format_fits(method, fmt):
+        raise RowError(METHOD_NEEDS.get(method, f"unknown method '{method}'"))
+    template = template or Template(family)
+    messages = row_messages(row, fmt)
+    segments = template.segments(messages)
     prompt, completion = protocol.split_segments(segments)
+    if method in ("dpo", "orpo"):
+        rejected_chat = messages[:-1] + [
+            {"role": "assistant", "content": _response(row["rejected"])}
+        ]
+        rejected = protocol.split_segments(template.segments(rejected_chat))[1]
+        return {"prompt": prompt, "chosen": completion, "rejected": rejected}
+    if method == "grpo":
+        return {"prompt": prompt, "answer": reference_of(row, fmt)}
     return {"prompt": prompt, "completion": completion, "segments": segments}
 
 
 def rendered_lines(
-    rows: Iterable[dict], fmt: str, family: str, template: Template | None = None
+    rows: Iterable[dict],
+    fmt: str,
+    family: str,
+    template: Template | None = None,
+    method: str = "sft",
 ) -> Iterator[str]:
-    """The rendered training text, line by line (what export serves)."""
+    """The rendered training text, line by line (what export serves; for DPO, ORPO and GRPO
+    also what the launcher reads)."""
     for row in rows:
-        yield json.dumps(render_row(row, fmt, family, template)) + "\n"
+        yield json.dumps(render_row(row, fmt, family, template, method)) + "\n"
 
 
 def training_lines(rows: Iterable[dict], fmt: str) -> Iterator[str]:
@@ -165,7 +233,11 @@ def measure_lengths(
     pending: list[dict[str, str]] = []
 
     def flush() -> None:
-        texts = [r["prompt"] for r in pending] + [r["completion"] for r in pending]
+        # A preference pair is measured with its chosen answer (the rejected one is cut to
+        # the same length budget).
+        texts = [r["prompt"] for r in pending] + [
+            r.get("completion", r.get("chosen", "")) for r in pending
+        ]
         lengths = count(texts)
         half = len(pending)
         for p, c in zip(lengths[:half], lengths[half:], strict=True):
@@ -177,7 +249,7 @@ def measure_lengths(
     for n, row in enumerate(rows):
         if n % every:
             continue
-        pending.append(render_row(row, fmt, family, template))
+        pending.append(render_row(row, fmt, family, template, default_method(fmt)))
         if len(pending) >= batch:
             flush()
     if pending:

@@ -64,13 +64,24 @@ def datasets_list(*, user, q: str | None = None, format: str | None = None) -> Q
     return found.order_by("name", "version")
 
 
-def dataset_choices(*, user) -> list[tuple[str, str]]:
+def dataset_choices(method: str | None = None, *, user) -> list[tuple[str, str]]:
     """(key, label) pairs for the run form's dataset field:
-    ("sample-v1", "sample-v1 (240 rows, Reasoning traces)")."""
+    ("sample-v1", "sample-v1 (240 rows, Reasoning traces)"); with a method, only the
+    datasets whose format that method can train on."""
+    rows = datasets_all(user=user).values_list("key", "row_count", "format")
+    if method:
+        rows = rows.filter(format__in=rendering.METHOD_FORMATS.get(method, ()))
     return [
         (key, f"{key} ({rows} row{'s' if rows != 1 else ''}, {dict(Dataset.Format.choices)[fmt]})")
-        for key, rows, fmt in datasets_all(user=user).values_list("key", "row_count", "format")
+        for key, rows, fmt in rows
     ]
+
+
+def datasets_unfit_count(method: str, *, user) -> int:
+    """How many datasets the method cannot train on (the form says why)."""
+    return (
+        datasets_all(user=user).exclude(format__in=rendering.METHOD_FORMATS.get(method, ())).count()
+    )
 
 
 @contextlib.contextmanager
@@ -107,7 +118,9 @@ def dataset_preview_rows(dataset: Dataset, *, family: str, limit: int = 5) -> li
     rows = []
     with _reading(dataset):
         for line, row in validation.iter_numbered_rows(dataset_file(dataset)):
-            rendered = rendering.render_row(row, dataset.format, family)
+            rendered = rendering.render_row(
+                row, dataset.format, family, method=rendering.default_method(dataset.format)
+            )
             rows.append({"line": line, "data": row, **rendered})
             if len(rows) >= limit:
                 break
@@ -118,7 +131,10 @@ def dataset_rendered_lines(dataset: Dataset, *, family: str) -> Iterator[str]:
     """The training text of `dataset` for `family`'s built-in template, streamed: what the
     launcher trains on for a checkpoint without a chat template of its own."""
     return rendering.rendered_lines(
-        validation.iter_rows(dataset_file(dataset)), dataset.format, family
+        validation.iter_rows(dataset_file(dataset)),
+        dataset.format,
+        family,
+        method=rendering.default_method(dataset.format),
     )
 
 
@@ -297,3 +313,25 @@ def truncation_sentence(figures: dict[str, Any], long_completions: str = "drop")
         )
     rendered = f" Rendered with {figures['chat_template']}." if "chat_template" in figures else ""
     return f"{sentence} {figures['counted_with']}{rendered}"
+
+
+def dataset_reward_check(dataset: Dataset, section: dict) -> dict:
+    """The reward dry-run over the dataset's first rows (see reward_check)."""
+    from runs.datasets.reward_check import reward_dry_run
+
+    with _reading(dataset):
+        return reward_dry_run(validation.iter_rows(dataset_file(dataset)), dataset.format, section)
+
+
+def dataset_first_pair(dataset: Dataset, family: str) -> dict | None:
+    """The first preference pair rendered for `family` (chosen beside rejected), with token
+    counts when the model's tokenizer is at hand, else character counts."""
+    with _reading(dataset):
+        for row in validation.iter_rows(dataset_file(dataset)):
+            pair = rendering.render_row(row, dataset.format, family, method="dpo")
+            return {
+                **pair,
+                "unit": "characters",
+                "counts": {k: len(v) for k, v in pair.items()},
+            }
+    return None

@@ -136,6 +136,9 @@ def _store(chunks, *, root: Path, final_path: Path, declared_format, row: dict) 
                     final_path.parent.mkdir(mode=0o700)
                     created_folder = True
                 os.replace(tmp_path, final_path)
+                # With a datasets store the worker reads it from there; a failed upload
+                # rolls the row back (and the file is removed below).
+                storage.dataset_publish(final_path, str(final_path.relative_to(root)))
         except IntegrityError as exc:
             # Another import of the same key committed between our check and our insert.
             raise Conflict(f"Dataset {row['key']} already exists; versions are immutable.") from exc
@@ -196,6 +199,7 @@ def dataset_delete(*, dataset: Dataset, user) -> None:
             _check_forget(dataset_id)
             if path is None:
                 return
+            storage.dataset_unpublish(locked.file_path)
             path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when no other version is left in it
@@ -232,7 +236,7 @@ def dataset_check(dataset: Dataset) -> validation.ValidationReport:
 
     The answer is remembered by (dataset, sha256, file size and mtime) in Django's cache, so
     a dry-run re-reads a file once, not on every run; deleting the dataset forgets it."""
-    path = storage.dataset_path(dataset)
+    path = storage.dataset_local(dataset)
     try:
         stat = path.stat()
     except OSError:
@@ -267,16 +271,21 @@ def _check_forget(dataset_id) -> None:
         cache.delete_many([key, f"tunixrt:dataset-check-key:{dataset_id}"])
 
 
-def dataset_render_to(dataset: Dataset, family: str, target: Path) -> int:
-    """Write the training file the launcher reads: each row as a conversation, which the
-    launcher renders with the checkpoint's chat template or `family`'s built-in one (the
-    dataset page's export shows that text for the built-in template)."""
+def dataset_render_to(dataset: Dataset, family: str, target: Path, method: str = "sft") -> int:
+    """Write the training file the launcher reads. SFT: each row as a conversation, which
+    the launcher renders with the checkpoint's chat template or `family`'s built-in one (the
+    dataset page's export shows that text for the built-in template). DPO/ORPO and GRPO: the
+    rows rendered here with the built-in template, {prompt, chosen, rejected} and
+    {prompt, answer}."""
+    rows = validation.iter_rows(storage.dataset_local(dataset))
+    if method == "sft":
+        lines = rendering.training_lines(rows, dataset.format)
+    else:
+        lines = rendering.rendered_lines(rows, dataset.format, family, method=method)
     count = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private from creation
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for line in rendering.training_lines(
-            validation.iter_rows(storage.dataset_path(dataset)), dataset.format
-        ):
+        for line in lines:
             out.write(line)
             count += 1
     return count

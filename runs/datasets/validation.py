@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from runs.formatting import human_bytes
 
-FORMATS = ("reasoning", "prompt_completion", "messages")
+FORMATS = ("reasoning", "prompt_completion", "messages", "preference", "prompt_answer")
 MAX_REPORTED_ERRORS = 20
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -47,12 +47,16 @@ def json_type(value: Any) -> str:
 def detect_format(row: Any) -> str | None:
     if not isinstance(row, dict):
         return None
+    if "chosen" in row or "rejected" in row:
+        return "preference"
     if "messages" in row:
         return "messages"
     if "steps" in row or "final_answer" in row:
         return "reasoning"
     if "completion" in row:
         return "prompt_completion"
+    if "answer" in row and "prompt" in row:
+        return "prompt_answer"
     return None
 
 
@@ -110,16 +114,13 @@ def _check_step(step: Any, n: int, seen: dict[int, int]) -> None:
             raise RowError(f"field '{where}.{key}' must be a string, not {json_type(step[key])}")
 
 
-def _check_messages(row: dict) -> None:
-    if "messages" not in row:
-        raise RowError("missing field 'messages'")
-    messages = row["messages"]
+def _check_message_list(messages: Any, name: str) -> None:
     if not isinstance(messages, list):
-        raise RowError(f"field 'messages' must be an array, not {json_type(messages)}")
+        raise RowError(f"field '{name}' must be an array, not {json_type(messages)}")
     if not messages:
-        raise RowError("field 'messages' must not be empty")
+        raise RowError(f"field '{name}' must not be empty")
     for n, message in enumerate(messages):
-        where = f"messages[{n}]"
+        where = f"{name}[{n}]"
         if not isinstance(message, dict):
             raise RowError(f"field '{where}' must be an object, not {json_type(message)}")
         if "role" not in message:
@@ -132,6 +133,13 @@ def _check_messages(row: dict) -> None:
             raise RowError(
                 f"field '{where}.content' must be a string, not {json_type(message['content'])}"
             )
+
+
+def _check_messages(row: dict) -> None:
+    if "messages" not in row:
+        raise RowError("missing field 'messages'")
+    messages = row["messages"]
+    _check_message_list(messages, "messages")
     last = len(messages) - 1
     if messages[last]["role"] != "assistant":
         raise RowError(f"field 'messages[{last}].role' must be 'assistant' (the answer)")
@@ -139,11 +147,50 @@ def _check_messages(row: dict) -> None:
         raise RowError(f"field 'messages[{last}].content' must not be empty")
 
 
+def _check_prompt_answer(row: dict) -> None:
+    _require_str(row, "prompt")
+    _require_str(row, "answer")
+
+
+def _check_response(row: dict, name: str) -> None:
+    """`chosen` / `rejected`: a string, or a list holding the one assistant message."""
+    if name not in row:
+        raise RowError(f"missing field '{name}'")
+    value = row[name]
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(f"field '{name}' must not be empty")
+        return
+    if not isinstance(value, list):
+        raise RowError(f"field '{name}' must be a string or an array, not {json_type(value)}")
+    _check_message_list(value, name)
+    if len(value) != 1 or value[0]["role"] != "assistant":
+        raise RowError(f"field '{name}' must hold exactly one message, with role 'assistant'")
+    if not value[0]["content"].strip():
+        raise RowError(f"field '{name}[0].content' must not be empty")
+
+
+def _check_preference(row: dict) -> None:
+    if "prompt" not in row:
+        raise RowError("missing field 'prompt'")
+    if isinstance(row["prompt"], list):
+        _check_message_list(row["prompt"], "prompt")
+        last = len(row["prompt"]) - 1
+        if row["prompt"][last]["role"] == "assistant":
+            raise RowError(f"field 'prompt[{last}].role' must not be 'assistant'")
+    else:
+        _require_str(row, "prompt")
+    _check_response(row, "chosen")
+    _check_response(row, "rejected")
+
+
 # format -> the check of one row (each raises RowError naming the field).
 ROW_CHECKS = {
     "reasoning": _check_reasoning,
     "prompt_completion": _check_prompt_completion,
     "messages": _check_messages,
+    "preference": _check_preference,
+    "prompt_answer": _check_prompt_answer,
 }
 
 
@@ -292,7 +339,8 @@ def _check_line(report: ValidationReport, line_no: int, raw: bytes) -> None:
             else:
                 message = (
                     "cannot tell the format; expected fields 'prompt' and 'completion', "
-                    "or 'prompt', 'steps' and 'final_answer', or 'messages'"
+                    "or 'prompt', 'steps' and 'final_answer', or 'messages', "
+                    "or 'prompt' and 'answer', or 'prompt', 'chosen' and 'rejected'"
                 )
             _error(report, f"line {line_no}: {message}")
             return

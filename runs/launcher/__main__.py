@@ -12,7 +12,7 @@ import traceback
 from runs import protocol
 from runs.launcher.config import load_config
 from runs.launcher.events import Events, LaunchError, NonFiniteLoss, one_line, take_over_stdout
-from runs.launcher.train import prepare, train
+from runs.launcher.methods import method_module
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -58,8 +58,9 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(argv[0])
         events.enter(protocol.PHASE_LOADING)
-        prep = prepare(config)
-        summary = train(config, prep, events, started)
+        method = method_module(config["method"]["name"])
+        prep = method.prepare(config)
+        summary = method.train(config, prep, events, started)
     except LaunchError as exc:
         return _fail(events, str(exc), exc.code)
     except NonFiniteLoss as exc:

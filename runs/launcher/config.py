@@ -78,7 +78,51 @@ def load_config(path: str) -> dict:
     output.setdefault("checkpoint_dir", os.path.join(out_dir, protocol.CHECKPOINTS_DIRNAME))
     output.setdefault("tensorboard_dir", os.path.join(out_dir, protocol.TENSORBOARD_DIRNAME))
     config["resume"] = config.get("resume") or {}
+    config["method"] = _method(config.get("method") or {"name": "sft"})
+    base = config.get("base_run") or {}
+    if base and not isinstance(base.get("checkpoint_dir"), str):
+        raise LaunchError("base_run.checkpoint_dir is missing")
+    config["base_run"] = base
     return config
+
+
+_GRPO_VARIANTS = ("grpo", "dapo", "drgrpo")
+
+
+def _method(method: dict) -> dict:
+    """The method section: sft (the default), dpo, orpo or grpo, and its settings."""
+    name = method.get("name", "sft")
+    if name not in ("sft", "dpo", "orpo", "grpo"):
+        raise LaunchError(f"unknown method {name!r}; supported: sft, dpo, orpo, grpo")
+    where = "method"
+    if name in ("dpo", "orpo"):
+        method["beta"] = _number(method, "beta", where, default=0.1, minimum=0.0)
+        method["lambda_orpo"] = _number(method, "lambda_orpo", where, default=0.1, minimum=0.0)
+    if name == "grpo":
+        if method.get("variant", "grpo") not in _GRPO_VARIANTS:
+            raise LaunchError(f"method.variant must be one of {', '.join(_GRPO_VARIANTS)}")
+        if method.get("loss_algo", "grpo") not in ("grpo", "gspo-token"):
+            raise LaunchError("method.loss_algo must be grpo or gspo-token")
+        method.setdefault("variant", "grpo")
+        method.setdefault("loss_algo", "grpo")
+        method["num_generations"] = _number(
+            method, "num_generations", where, int, default=2, minimum=2
+        )
+        method["num_iterations"] = _number(
+            method, "num_iterations", where, int, default=1, minimum=1
+        )
+        method["beta"] = _number(method, "beta", where, default=0.04, minimum=0.0)
+        method["epsilon"] = _number(method, "epsilon", where, default=0.2, minimum=0.0)
+        method["max_new_tokens"] = _number(
+            method, "max_new_tokens", where, int, default=64, minimum=1
+        )
+        method["temperature"] = _number(method, "temperature", where, default=0.9, minimum=0.0)
+        method["top_p"] = _number(method, "top_p", where, default=1.0, minimum=0.0)
+        rewards = method.get("rewards")
+        if not isinstance(rewards, dict) or not rewards.get("rewards"):
+            raise LaunchError("method.rewards must name at least one reward")
+    method["name"] = name
+    return method
 
 
 def _training(t: dict) -> dict:
@@ -105,6 +149,17 @@ def _training(t: dict) -> dict:
         "lr_schedule": _choice(t, "lr_schedule", protocol.LR_SCHEDULES),
         "compute_dtype": _choice(t, "compute_dtype", protocol.COMPUTE_DTYPES),
         "long_completions": _choice(t, "long_completions", protocol.LONG_COMPLETIONS),
+        "mesh": _mesh(t.get("mesh") or {}),
+    }
+
+
+def _mesh(mesh: dict) -> dict:
+    """fsdp x tp devices; fsdp 0: every device the run's slot has, divided by tp."""
+    if not isinstance(mesh, dict):
+        raise LaunchError("training.mesh must be an object with fsdp and tp")
+    return {
+        "fsdp": _number(mesh, "fsdp", "training.mesh", int, default=0, minimum=0),
+        "tp": _number(mesh, "tp", "training.mesh", int, default=1, minimum=1),
     }
 
 

@@ -1,5 +1,6 @@
 """Prepare (no JAX: bad input fails fast) and train, phase by phase."""
 
+import os
 import random
 import sys
 import time
@@ -158,6 +159,9 @@ def report_environment(events: Events) -> None:
         platform=jax.devices()[0].platform,
         device_kind=jax.devices()[0].device_kind,
         device_count=jax.device_count(),
+        visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")
+        or os.environ.get("TPU_VISIBLE_CHIPS")
+        or "all",
     )
 
 
@@ -175,7 +179,8 @@ def resume_from_parent(config: dict, prep: Prepared, events: Events) -> int | No
             f"nothing to train: the checkpoint is at step {resumed_from} "
             f"and the run stops at step {total_steps}"
         )
-    per_epoch = prep.plan["batches_per_epoch"] or 1
+    # Methods other than SFT prepare no plan: their epochs are then counted in steps.
+    per_epoch = (getattr(prep, "plan", None) or {}).get("batches_per_epoch") or 1
     events.emit(
         protocol.EVENT_RESUMED,
         from_step=resumed_from,
@@ -187,14 +192,34 @@ def resume_from_parent(config: dict, prep: Prepared, events: Events) -> int | No
     return resumed_from
 
 
-def build_mesh():
+def mesh_shape(mesh: dict | None, device_count: int, batch_size: int = 0) -> tuple[int, int]:
+    """(fsdp, tp) from the run's settings: fsdp 0 takes every device tp leaves. Their
+    product must be the number of devices the run's slot gave it, and the batch is split
+    over the data axis, so fsdp must divide it."""
+    mesh = mesh or {}
+    tp = int(mesh.get("tp") or 1)
+    fsdp = int(mesh.get("fsdp") or 0) or device_count // tp
+    if fsdp < 1 or fsdp * tp != device_count:
+        raise LaunchError(
+            f"the mesh fsdp={mesh.get('fsdp') or 'all'} x tp={tp} needs "
+            f"{max(fsdp, 1) * tp} devices; this run's slot has {device_count}"
+        )
+    if batch_size and batch_size % fsdp:
+        raise LaunchError(
+            f"the batch size ({batch_size}) must be a multiple of the mesh's data/FSDP "
+            f"parallelism ({fsdp}) to split evenly over its devices"
+        )
+    return fsdp, tp
+
+
+def build_mesh(mesh: dict | None = None, batch_size: int = 0):
     import jax
 
     devices = jax.devices()
     # Auto axes: Tunix's models rely on sharding propagation, which fails on
     # the Explicit axes that jax.make_mesh now creates by default.
     return jax.make_mesh(
-        (len(devices), 1),
+        mesh_shape(mesh, len(devices), batch_size),
         ("fsdp", "tp"),
         axis_types=(jax.sharding.AxisType.Auto,) * 2,
         devices=devices,
@@ -296,7 +321,9 @@ def train(config: dict, prep: Prepared, events: Events, started: float) -> dict:
     report_numerics(config, prep, events)
     order = list(range(len(prep.eval_examples)))
     eval_batches = list(make_batches(prep.eval_examples, t["batch_size"], prep.seq_len, order))
-    mesh = build_mesh()
+    mesh = build_mesh(t.get("mesh"), t["batch_size"])
+    fsdp, tp = mesh.devices.shape
+    events.emit(protocol.EVENT_ENVIRONMENT, mesh=f"fsdp={fsdp},tp={tp}")
     # Tunix's trainer finds the mesh through the legacy `with mesh:` context
     # (pxla.thread_resources); jax.set_mesh alone would leave its inputs unsharded.
     warnings.filterwarnings(

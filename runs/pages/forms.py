@@ -13,12 +13,14 @@ from django.urls import reverse
 
 from runs import hyperparameters, services
 from runs.datasets import selectors as dataset_selectors
+from runs.datasets.rendering import METHOD_NEEDS
 from runs.errors import InvalidInput
 from runs.models import RunMode
 
 # What the service calls each input; the form's fields carry the same names.
 MAIN_FIELDS = ("dataset_key", "model_id", "name")
 LIMIT_FIELDS = ("timeout_seconds",)
+AFTER_FIELDS = ("evaluate_after",)
 
 
 def _label(name: str) -> str:
@@ -38,11 +40,25 @@ def number_messages(kind: type, bounds: str) -> dict[str, str]:
 
 
 def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Field:
-    if bound.choices:
-        return forms.ChoiceField(
-            label=_label(name),
-            choices=[(value, value) for value in bound.choices],
+    # A method's own settings (and the method) may be left out: the service fills in their
+    # defaults, so a form that does not show them still submits.
+    if bound.kind is str:
+        label = _label(name)
+        if bound.choices:
+            choices = [(c, hyperparameters.METHOD_LABELS.get(c, c)) for c in bound.choices]
+            return forms.ChoiceField(
+                label=label,
+                choices=choices,
+                initial=bound.default,
+                help_text=bound.help,
+                required=False,
+            )
+        return forms.CharField(
+            label=label,
+            required=False,
             initial=bound.default,
+            max_length=int(bound.maximum),
+            strip=False,
             help_text=bound.help,
         )
     help_text = f"{bound.help} {bound.range()}" + (
@@ -50,7 +66,7 @@ def _hyperparameter_field(name: str, bound: hyperparameters.Bound) -> forms.Fiel
     )
     common = {
         "label": _label(name),
-        "required": not bound.optional,
+        "required": not bound.optional and bound.methods == hyperparameters.ALL_METHODS,
         "initial": bound.default,
         "min_value": bound.minimum,
         "max_value": bound.maximum,
@@ -88,6 +104,12 @@ class RunForm(forms.Form):
         error_messages={"max_length": "At most 200 characters."},
     )
     timeout_seconds = forms.IntegerField()  # replaced in __init__
+    evaluate_after = forms.BooleanField(
+        label="Evaluate after training",
+        required=False,
+        help_text="When the run completes, generate answers for its held-out rows with the "
+        "fine-tuned and the base model and score both (an evaluation job on a worker).",
+    )
     # Set by the button that submits the form ("Dry-run" or "Run with Tunix"), not rendered.
     mode = forms.ChoiceField(choices=RunMode.choices, required=False)
 
@@ -95,7 +117,10 @@ class RunForm(forms.Form):
         super().__init__(*args, **kwargs)
         for name, bound in hyperparameters.HYPERPARAMETERS.items():
             self.fields[name] = _hyperparameter_field(name, bound)
-        self.fields["dataset_key"].choices = dataset_selectors.dataset_choices(user=user)
+        method = self.chosen_method()
+        self.fields["dataset_key"].choices = dataset_selectors.dataset_choices(method, user=user)
+        self.unfit_datasets = dataset_selectors.datasets_unfit_count(method, user=user)
+        self.method_needs = METHOD_NEEDS.get(method, "")
         # Built here, not on the class, because its maximum is a setting.
         self.fields["timeout_seconds"] = forms.IntegerField(
             label="Timeout (seconds)",
@@ -109,12 +134,13 @@ class RunForm(forms.Form):
                 int, f"10 and {hyperparameters.format_number(settings.RUN_TIMEOUT_MAX)}"
             ),
         )
+        self.fields["evaluate_after"].initial = settings.EVALUATE_AFTER_RUN
         self.fields["model_id"].widget.attrs.update(
             {"list": "model-choices", "autocomplete": "off", "spellcheck": "false"}
         )
         validate_url = reverse("runs:validate")
         for name, field in self.fields.items():
-            if name == "mode":
+            if name in ("mode", "method"):
                 continue
             # Each input asks the server about itself as the user types or leaves it; the
             # answer replaces only its error list, never the input being typed into.
@@ -129,15 +155,38 @@ class RunForm(forms.Form):
                 }
             )
 
+        # Choosing a method swaps in its settings and the datasets it can train on.
+        self.fields["method"].widget.attrs.update(
+            {
+                "hx-post": reverse("runs:method_settings"),
+                "hx-trigger": "change",
+                "hx-target": "#method-dependent",
+                "hx-select": "#method-dependent",
+                "hx-swap": "outerHTML",
+                "hx-include": "#run-form",
+            }
+        )
+
     # --- groups for the template -------------------------------------------------------
     def main_fields(self):
         return [self[name] for name in MAIN_FIELDS]
 
     def hyperparameter_fields(self):
-        return [self[name] for name in hyperparameters.HYPERPARAMETERS]
+        """The settings of the chosen method (the method field itself comes first)."""
+        method = self.chosen_method()
+        return [self[name] for name in hyperparameters.applicable(method) if name != "method"]
+
+    def chosen_method(self) -> str:
+        value = (self.data.get("method") if self.is_bound else None) or self.initial.get(
+            "method", "sft"
+        )
+        return value if value in hyperparameters.METHODS else "sft"
 
     def limit_fields(self):
         return [self[name] for name in LIMIT_FIELDS]
+
+    def after_fields(self):
+        return [self[name] for name in AFTER_FIELDS]
 
     # --- to and from the service -------------------------------------------------------
     @staticmethod
@@ -148,6 +197,8 @@ class RunForm(forms.Form):
             for name in ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
         }
         initial.update(request.hyperparameters)
+        if request.evaluate_after is not None:
+            initial["evaluate_after"] = request.evaluate_after
         return initial
 
     def initial_data(self) -> dict[str, Any]:
@@ -171,6 +222,7 @@ class RunForm(forms.Form):
             name=data.get("name") or "",
             mode=data.get("mode") or RunMode.DRY_RUN,
             timeout_seconds=data.get("timeout_seconds"),
+            evaluate_after=bool(data.get("evaluate_after")),
             hyperparameters={
                 name: data[name]
                 for name in hyperparameters.HYPERPARAMETERS

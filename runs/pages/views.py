@@ -25,7 +25,7 @@ from runs.errors import (
     TunixUnavailable,
 )
 from runs.models import RunMode, RunStatus
-from runs.pages import charts, run_page
+from runs.pages import charts, model_panels, run_page
 from runs.pages.forms import RunForm
 from runs.pages.rendering import HTMX_STOP_POLLING, login_required
 from runs.pages.rendering import is_fragment as _fragment
@@ -210,6 +210,17 @@ def run_validate(request):
 
 @login_required
 @require_POST
+def run_method_settings(request):
+    """The form again for the chosen method (htmx swaps in its settings and datasets). The
+    values typed so far are kept; nothing is validated yet."""
+    form = RunForm(initial=request.POST.dict(), user=request.user)
+    return _render(
+        request, "runs/run_form.html", _form_context(request, form, plan=None), fragment="form"
+    )
+
+
+@login_required
+@require_POST
 def run_preview(request):
     """The exact config and command the form's values would produce (nothing stored)."""
     form = RunForm(request.POST, user=request.user)
@@ -251,6 +262,9 @@ def run_detail(request, run_id):
         "tunix_status": training.probe() if run.mode == RunMode.DRY_RUN else None,
         "live_messages": run_page.live_messages(request, run),
         **run_page.outputs_context(request.user, run),
+        "chain": selectors.run_chain(run),
+        "samples": selectors.run_samples(run),
+        **model_panels.panel_context(request.user, run),
     }
     return _render(request, "runs/run_detail.html", context)
 

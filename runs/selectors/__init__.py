@@ -8,7 +8,10 @@ from .evaluations import (
     evaluation_rows,
     evaluation_scores,
     latest_evaluation,
+    latest_scores,
+    prompt_for_user,
     run_jobs,
+    run_prompts,
 )
 from .logs import (
     STREAM_TAIL_BYTES,
@@ -33,9 +36,11 @@ from .runs import (
     database_reachable,
     paginate,
     queue_position,
+    run_chain,
     run_children,
     run_filter_options,
     run_for_user,
+    run_samples,
     runs_filter,
     runs_for_list,
     runs_page,
@@ -46,6 +51,8 @@ from .runs import (
 __all__ = [
     "run_answer",
     "run_answer_forget",
+    "run_chain",
+    "run_samples",
     "runs_visible_to",
     "run_for_user",
     "run_children",
@@ -79,4 +86,7 @@ __all__ = [
     "evaluation_rows",
     "evaluation_change_counts",
     "latest_evaluation",
+    "latest_scores",
+    "prompt_for_user",
+    "run_prompts",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import Forbidden, NotFound
 from ..models import TunixRun
+from .evaluations import latest_scores
 from .metrics import run_metric_tail
 from .runs import run_for_user
 
@@ -67,6 +68,9 @@ def run_comparison(runs: list[TunixRun]) -> list[dict]:
             FINAL_TRAIN_LOSS: smoothed_final(train_tail),
             FINAL_EVAL_LOSS: eval_tail[-1][1] if eval_tail else None,
         }
+        # The newest completed evaluation by generation: fine-tuned and base, side by side.
+        for model, scores in latest_scores(run).items():
+            summary.update({f"evaluation.{model}.{k}": round(v, 4) for k, v in scores.items()})
         config = {k: v for k, v in (run.config or {}).items() if k != "schema"}
         summary.update({f"config.{k}": v for k, v in _flatten(config).items()})
         summaries.append(summary)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from ..models import EvaluationRow, Metric, RunKind, TunixRun
+from ..errors import NotFound
+from ..models import EvaluationRow, Metric, PlaygroundPrompt, RunKind, RunStatus, TunixRun
+from .runs import run_for_user
 
 SCORE_PREFIX = "generation/"
 
@@ -46,3 +48,27 @@ def evaluation_change_counts(job: TunixRun) -> dict[str, int]:
 
 def latest_evaluation(run: TunixRun) -> TunixRun | None:
     return run_jobs(run, RunKind.EVALUATE).first()
+
+
+def latest_scores(run: TunixRun) -> dict[str, dict[str, float]]:
+    """The scores of the run's newest completed evaluation ({} when it has none)."""
+    done = run_jobs(run, RunKind.EVALUATE).filter(status=RunStatus.COMPLETED).first()
+    return evaluation_scores(done) if done is not None else {}
+
+
+def run_prompts(run: TunixRun) -> QuerySet[PlaygroundPrompt]:
+    """A run's playground prompts, newest first (index prompt_run_created)."""
+    return (
+        PlaygroundPrompt.objects.filter(run=run)
+        .select_related("owner")
+        .order_by("-created_at", "-id")
+    )
+
+
+def prompt_for_user(*, user, prompt_id) -> PlaygroundPrompt:
+    """The prompt if `user` may see its run (NotFound / Forbidden as for the run)."""
+    record = PlaygroundPrompt.objects.select_related("owner").filter(id=prompt_id).first()
+    if record is None:
+        raise NotFound("No such prompt.")
+    run_for_user(user=user, run_id=record.run_id)
+    return record

@@ -383,3 +383,21 @@ def runs_related_counts(run_ids: list) -> dict:
 def run_children(run: TunixRun, *, user) -> list[TunixRun]:
     """The runs that continue `run` (oldest first) that `user` may see."""
     return list(runs_visible_to(user).filter(parent=run).order_by("created_at", "id")[:20])
+
+
+def run_chain(run: TunixRun, *, limit: int = 10) -> list[TunixRun]:
+    """The runs this one starts from, oldest first (base model -> run A -> run B -> run)."""
+    chain, current, seen = [], run, {run.id}
+    while current.base_run_id and len(chain) < limit:
+        current = TunixRun.objects.filter(id=current.base_run_id).first()
+        if current is None or current.id in seen:
+            break
+        seen.add(current.id)
+        chain.append(current)
+    return chain[::-1]
+
+
+def run_samples(run: TunixRun, *, limit: int = 20) -> list[dict]:
+    """The latest sample completions a GRPO run sent (its `sample` events), newest last."""
+    events = (run.environment or {}).get("events", [])
+    return [e for e in events if e.get("event") == "sample"][-limit:]

@@ -363,7 +363,7 @@ class FolderRemover:
         path = None if in_use else _folder(relative, root=self.root, parents=parents)
         if path is None:
             return 0, True
-        freed = remove_tree(path, keep=keep)
+        freed = remove_tree(path, keep=keep) + storage.stored_folder_remove(relative)
         return freed, bool(keep) or not os.path.lexists(path)
 
 
@@ -371,7 +371,7 @@ def record_folder_deletion(run: TunixRun, *, now: datetime | None = None) -> lis
     """For a single delete (services.run_delete), inside its transaction: the record a
     retention batch writes, claimed by the caller. Empty when the run has no folder."""
     path = _folder(run.output_dir)
-    if path is None or not path.exists():
+    if path is None or not (path.exists() or settings.ARTIFACTS_URL):
         return []
     return [FolderDeletion.objects.create(paths=[run.output_dir], claimed_at=now or timezone.now())]
 

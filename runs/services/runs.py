@@ -16,14 +16,22 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .. import protocol, storage, training
-from ..datasets.selectors import dataset_truncation, datasets_visible, truncation_sentence
+from ..datasets.selectors import (
+    dataset_first_pair,
+    dataset_reward_check,
+    dataset_truncation,
+    datasets_visible,
+    truncation_sentence,
+)
 from ..datasets.services import dataset_check
 from ..errors import Conflict, InvalidInput, LimitExceeded, TunixUnavailable
 from ..formatting import plan_sentence
 from ..hyperparameters import HYPERPARAMETERS, validate_hyperparameters
 from ..models import Dataset, RunMode, RunStatus, TunixRun
 from ..storage import UnsafePath, safe_relative
+from .hosts import mesh_fits_hosts
 from .lifecycle import run_enqueue
+from .methods import base_run_section, check_fit, method_problems
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +84,21 @@ class RunRequest:
     output_dir: str | None = None
     timeout_seconds: int | None = None
     name: str = ""
+    # Start from this run's result (its LoRA merged into the base model).
+    base_run_id: str | None = None
+    # Evaluate by generation when the run completes; None: TUNIXRT_EVALUATE_AFTER_RUN.
+    evaluate_after: bool | None = None
 
     # Fields that "run again" may change besides the hyperparameters.
-    CHANGEABLE = ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
+    CHANGEABLE = (
+        "dataset_key",
+        "model_id",
+        "mode",
+        "timeout_seconds",
+        "name",
+        "base_run_id",
+        "evaluate_after",
+    )
 
 
 @dataclass
@@ -107,6 +127,10 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
     if request.mode not in RunMode.values:
         raise InvalidInput("Unknown mode.", fields={"mode": "Must be 'dry-run' or 'local'."})
     hp, fields = validate_hyperparameters(request.hyperparameters or {})
+    if not fields.keys() & {"mesh_fsdp", "mesh_tp"}:
+        problem = mesh_fits_hosts(fsdp=hp["mesh_fsdp"], tp=hp["mesh_tp"])
+        if problem:
+            fields["mesh_fsdp"] = problem
     timeout = request.timeout_seconds
     if timeout is None:
         timeout = settings.RUN_TIMEOUT_DEFAULT
@@ -133,6 +157,7 @@ def _check_request(request: RunRequest, run_id: uuid.UUID) -> _Checked:
             fields["output_dir"] = f"Output folder {exc}."
     if len(request.name) > 200:
         fields["name"] = "At most 200 characters."
+    fields.update(method_problems(hp))
     if fields:
         raise InvalidInput("The run request is not valid.", fields=fields)
     return _Checked(hp, timeout, model, output_dir, output_path)
@@ -157,6 +182,12 @@ def _check_dataset(request: RunRequest, *, owner, read_file: bool):
     return dataset, problem, report
 
 
+def _resume_dir(parent: TunixRun | None) -> str | None:
+    if parent is None:
+        return None
+    return str(Path(settings.ARTIFACTS_DIR) / parent.output_dir / protocol.CHECKPOINTS_DIRNAME)
+
+
 def run_plan(
     *,
     owner,
@@ -175,14 +206,11 @@ def run_plan(
     run_id = uuid.uuid4()
     checked = _check_request(request, run_id)
     dataset, problem, report = _check_dataset(request, owner=owner, read_file=check_dataset)
+    check_fit(dataset, checked.hyperparameters["method"])
+    base_run = base_run_section(owner, request.base_run_id, request.model_id)
     status = training.probe() if command is None else None
     if request.mode == RunMode.LOCAL and status is not None and not status.available:
         raise TunixUnavailable(status.message)
-    resume_dir = None
-    if parent is not None:
-        resume_dir = str(
-            Path(settings.ARTIFACTS_DIR) / parent.output_dir / protocol.CHECKPOINTS_DIRNAME
-        )
     problem = problem or _checkpoint_problem(checked.model, request.mode)
     sha256 = dataset.sha256 if dataset else ""
     config = training.build_config(
@@ -192,8 +220,10 @@ def run_plan(
         dataset_sha256=sha256,
         output_path=checked.output_path,
         hyperparameters=checked.hyperparameters,
-        resume_checkpoint_dir=resume_dir,
+        resume_checkpoint_dir=_resume_dir(parent),
+        base_run=base_run,
     )
+    config["evaluate_after"] = _evaluate_after(request)
     run = TunixRun(
         id=run_id,
         owner=owner,
@@ -210,11 +240,19 @@ def run_plan(
         command=command if command is not None else training.build_command(checked.output_path),
         environment=_environment_from_probe(status),
         parent=parent,
+        base_run_id=base_run["run_id"] if base_run else None,
         **checked.hyperparameters,
     )
     plan = training_plan(dataset, checked.hyperparameters, checked.model, parent)
     run.environment["plan"] = plan
     return RunPlan(run=run, problem=problem, rows=report.rows if report else None, training=plan)
+
+
+def _evaluate_after(request: RunRequest) -> bool:
+    """Whether the run is evaluated by generation when it completes (the server's default
+    TUNIXRT_EVALUATE_AFTER_RUN unless the request says)."""
+    wanted = request.evaluate_after
+    return bool(settings.EVALUATE_AFTER_RUN if wanted is None else wanted)
 
 
 def _checkpoint_problem(model: training.ModelRef, mode: str) -> str | None:
@@ -321,6 +359,20 @@ def _finish_dry_run(plan: RunPlan) -> None:
         fields_read, _ = training.checkpoint_check(model)
         run.environment["config_fields"] = fields_read
         run.message += " Read from config.json: " + ", ".join(sorted(fields_read)) + "."
+    if run.method == "grpo":
+        check = dataset_reward_check(run.dataset, run.config["method"]["rewards"])
+        run.environment = {**run.environment, "reward_check": check}
+        if check["warnings"]:
+            run.message += " Reward check: " + " ".join(check["warnings"])
+        else:
+            run.message += (
+                f" Reward check: the {check['rows']} references get every reward's maximum "
+                "and no wrong answer does."
+            )
+    elif run.method in ("dpo", "orpo"):
+        pair = dataset_first_pair(run.dataset, run.model_family)
+        if pair:
+            run.environment = {**run.environment, "preference_pair": pair}
 
 
 def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict | None:
@@ -365,6 +417,8 @@ def run_request(run: TunixRun) -> RunRequest:
         timeout_seconds=run.timeout_seconds,
         name=run.name,
         hyperparameters={name: getattr(run, name) for name in HYPERPARAMETERS},
+        base_run_id=str(run.base_run_id) if run.base_run_id else None,
+        evaluate_after=(run.config or {}).get("evaluate_after"),
     )
 
 
