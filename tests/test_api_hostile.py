@@ -183,3 +183,22 @@ def test_hostile_list_queries_answer_4xx_or_an_empty_page(api, run_factory, quer
     if response.status_code == 200:
         assert response.json()["count"] == 0
     json.dumps(response.json())
+
+
+@pytest.mark.parametrize("body", [-2.5e-92, [1], "x", True, {"seed": True}, {"unknown": 1}])
+def test_an_optional_body_that_is_not_the_documented_object_is_refused(
+    api, run_factory, body, tiny_launcher
+):
+    """Found by Schemathesis over HTTP: Ninja read a number as an evaluation request with
+    every field left out, and queued it (201)."""
+    from runs import services
+    from runs.models import RunStatus
+
+    from .conftest import py
+
+    run = run_factory(mode="local", command=py("0"))
+    services.run_claim(run_id=run.id)
+    services.run_finish(run_id=run.id, status=RunStatus.COMPLETED, exit_code=0)
+    for action in ("evaluations", "exports", "rerun"):
+        response = api.post(f"/api/tunix/runs/{run.id}/{action}", body)
+        assert response.status_code in (400, 422), (action, response.content[:300])

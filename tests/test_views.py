@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from runs import services
+from runs import selectors, services
 from runs.hyperparameters import HYPERPARAMETERS
 from runs.models import LogChunk, Metric, RunStatus, TunixRun
 from runs.pages.views import HTMX_STOP_POLLING
@@ -415,9 +415,11 @@ def test_the_run_page_shows_status_progress_log_chart_config_and_outputs(
         and "step 3 / 10" in html
     )
     assert "first line" in html and "second line" in html
-    # The poller asks for chunks after the last one shown and says how many points it has.
-    # (and which status it showed: a banner about an earlier status then goes away)
-    assert f'hx-get="/runs/{run.id}/?after=2&amp;m=3&amp;s=running"' in html
+    # The poller asks for chunks after the last one shown and says which points it has
+    # (the metric version) and which status it showed (a banner about an earlier status
+    # then goes away).
+    version = selectors.run_metric_version(run)
+    assert f'hx-get="/runs/{run.id}/?after=2&amp;m={version}&amp;s=running"' in html
     assert "every 2s" in html
     assert "<polyline" in html and 'aria-label="Loss by step"' in html
     assert ">train</text>" in html and ">eval</text>" in html
@@ -454,7 +456,10 @@ def test_a_poll_redraws_the_chart_only_when_points_were_added(client, run_factor
     Metric.objects.create(run=run, name="train/loss", step=1, value=2.0)
     html = client.get(f"/runs/{run.id}/?after=0&m=0", headers=HTMX).content.decode()
     assert '<div id="loss-chart" class="chart-box" hx-swap-oob="true">' in html
-    assert "m=1" in html
+    assert f"m={selectors.run_metric_version(run)}" in html
+    version = selectors.run_metric_version(run)
+    html = client.get(f"/runs/{run.id}/?after=0&m={version}", headers=HTMX).content.decode()
+    assert 'id="loss-chart"' not in html
 
 
 @pytest.mark.parametrize(

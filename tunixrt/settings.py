@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,16 @@ def envlist(name: str, default: str) -> list[str]:
 # Everything the app writes by default (SQLite file, artifacts, datasets, models) lives
 # under one folder so a user can see and delete it in one place.
 DATA_DIR = Path(envstr("TUNIXRT_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Files and folders this process creates, and those of the training children it starts
+# (they inherit it), are private to the OS user from their first byte: the SQLite database
+# and its journal, uploaded datasets, run folders, checkpoints, generated models. A umask
+# leaves no moment between creating a file and a chmod in which another user could read it.
+UMASK = int(envstr("TUNIXRT_UMASK", "077"), 8)
+os.umask(UMASK)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+# Whatever Django's file storage saves (none today) is private as well.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 
 def _secret_key() -> str:
@@ -86,6 +96,7 @@ MIDDLEWARE = [
     # First, so it sees every error answer under /api/, including the 500 page.
     "tunixrt.middleware.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -110,6 +121,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
             ],
         },
     },
@@ -193,6 +205,20 @@ FILE_UPLOAD_HANDLERS = [
 HTTPS = envbool("TUNIXRT_HTTPS", "0")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy on every answer: scripts and styles only from our own static
+# files (or carrying the request's nonce: htmx's loader, the admin's own blocks); no inline
+# script, event handler, style attribute or framing. tests/test_csp_browser.py loads every
+# main page in Chromium and fails on any violation.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.NONCE],
+    "img-src": [CSP.SELF, "data:"],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
 SESSION_COOKIE_HTTPONLY = True
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -314,6 +340,8 @@ LOG_FLUSH_BYTES = envint("TUNIXRT_LOG_FLUSH_BYTES", str(64 * 1024))
 OUTAGE_BUFFER_BYTES = envint("TUNIXRT_OUTAGE_BUFFER_BYTES", str(64 * 1024 * 1024))
 MAX_QUEUED_RUNS_PER_USER = envint("TUNIXRT_MAX_QUEUED_RUNS_PER_USER", "20")
 MAX_QUEUED_RUNS_TOTAL = envint("TUNIXRT_MAX_QUEUED_RUNS_TOTAL", "200")
+# Dry-runs a user may create a minute (each checks a dataset and counts its lengths); 0: no limit.
+DRY_RUNS_PER_MINUTE = envint("TUNIXRT_DRY_RUNS_PER_MINUTE", "60")
 RETENTION_DAYS = envint("TUNIXRT_RETENTION_DAYS", "30")
 DATASET_MAX_BYTES = envint("TUNIXRT_DATASET_MAX_BYTES", str(512 * 1024 * 1024))
 DATASET_MAX_LINE_BYTES = envint("TUNIXRT_DATASET_MAX_LINE_BYTES", str(1024 * 1024))

@@ -47,7 +47,7 @@ def _labels(runs, *, shown: int = 10) -> str:
 
 
 def _pre(text: str):
-    return format_html('<pre style="white-space: pre-wrap; max-height: 40em">{}</pre>', text)
+    return format_html('<pre class="run-text">{}</pre>', text)
 
 
 @admin.register(TunixRun)

@@ -8,6 +8,7 @@ from typing import Literal
 from uuid import UUID
 
 from ninja import Field, Query, Router, Schema, Status
+from pydantic import ConfigDict
 
 from runs import selectors, services
 from runs.api.auth import api_auth
@@ -31,6 +32,10 @@ ChangeName = Literal[tuple(EvaluationRow.Change.values)]  # type: ignore[valid-t
 
 
 class EvaluationIn(Schema):
+    # Strict: Ninja's Schema would otherwise read any JSON value (a number, a list) as an
+    # object with every field left out, and a boolean as an integer.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     dataset_key: str | None = Field(None, description="Another dataset (all its rows).")
     max_rows: int | None = Field(None, description="Rows to evaluate (default 50).")
     max_new_tokens: int | None = None
@@ -40,6 +45,8 @@ class EvaluationIn(Schema):
 
 
 class ExportIn(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     name: str = Field("", description="The local model name (local:NAME); derived if empty.")
 
 

@@ -253,19 +253,35 @@ def run_log_text(request, run_id: str):
     return response
 
 
+class MetricsQuery(Schema):
+    points: int = NField(
+        selectors.SERIES_POINTS,
+        ge=4,
+        le=100_000,
+        description="At most this many points a series.",
+    )
+
+
 @router.get(
     "/tunix/runs/{run_id}/metrics",
-    response={200: MetricsOut, **_ONE_RUN},
-    summary="Metric series of a run (train/loss, eval/loss, ...) by step",
+    response={200: MetricsOut, 422: ErrorOut, **_ONE_RUN},
+    summary="Metric series of a run (train/loss, eval/loss, ...) by step, downsampled",
+    description=(
+        "A series whose step range fits in `points` comes whole. A longer one is cut into "
+        "buckets of equal step width (a power of two), and each bucket gives its first and "
+        "last point and, where they lie outside those, its minimum and maximum, placed "
+        "between the bucket's first and last step: spikes are kept, and a series gives at "
+        "most `points` points."
+    ),
 )
-def run_metrics(request, run_id: str):
+def run_metrics(request, run_id: str, query: Query[MetricsQuery]):
     run = selectors.run_for_user(user=request.auth, run_id=run_id)
     series = {
         name: [
             {"step": step, "value": value if math.isfinite(value) else None}
             for step, value in points
         ]
-        for name, points in selectors.run_metric_series(run).items()
+        for name, points in selectors.run_metric_series(run, points=query.points).items()
     }
     return {"run_id": run.id, "series": series}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
@@ -132,7 +133,7 @@ def _store(chunks, *, root: Path, final_path: Path, declared_format, row: dict) 
                     sha256=report.sha256,
                 )
                 if not final_path.parent.exists():
-                    final_path.parent.mkdir()
+                    final_path.parent.mkdir(mode=0o700)
                     created_folder = True
                 os.replace(tmp_path, final_path)
                 # With a datasets store the worker reads it from there; a failed upload
@@ -191,9 +192,11 @@ def dataset_delete(*, dataset: Dataset, user) -> None:
             path = storage.dataset_path(locked)
         except UnsafePath:
             path = None
+        dataset_id = locked.pk  # delete() clears it
         locked.delete()
 
         def remove_file() -> None:
+            _check_forget(dataset_id)
             if path is None:
                 return
             storage.dataset_unpublish(locked.file_path)
@@ -218,14 +221,35 @@ def dataset_set_shared(*, dataset: Dataset, user, shared: bool) -> Dataset:
     return dataset
 
 
+# A stored dataset never changes (versions are immutable), so its check is remembered.
+_CHECK_CACHE_SECONDS = 7 * 24 * 3600
+
+
+def _check_cache_key(dataset: Dataset, stat: os.stat_result) -> str:
+    # The hash names the content; size and modification time notice a file changed on disk
+    # behind the app's back without reading it again.
+    return f"tunixrt:dataset-check:{dataset.pk}:{dataset.sha256}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def dataset_check(dataset: Dataset) -> validation.ValidationReport:
-    """Re-read a stored dataset: does it still exist, hash the same and hold valid rows?"""
+    """Re-read a stored dataset: does it still exist, hash the same and hold valid rows?
+
+    The answer is remembered by (dataset, sha256, file size and mtime) in Django's cache, so
+    a dry-run re-reads a file once, not on every run; deleting the dataset forgets it."""
     path = storage.dataset_local(dataset)
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
         report = validation.ValidationReport(format=dataset.format)
         report.errors.append(f"the file of dataset {dataset.key} is missing")
         report.error_count = 1
         return report
+    key = _check_cache_key(dataset, stat)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
     with open(path, "rb") as handle:
         report = validation.validate_stream(
             validation.read_chunks(handle),
@@ -236,7 +260,15 @@ def dataset_check(dataset: Dataset) -> validation.ValidationReport:
     if report.ok and report.sha256 != dataset.sha256:
         report.errors.append(f"the file of dataset {dataset.key} changed since it was imported")
         report.error_count += 1
+    cache.set(key, report, timeout=_CHECK_CACHE_SECONDS)
+    cache.set(f"tunixrt:dataset-check-key:{dataset.pk}", key, timeout=_CHECK_CACHE_SECONDS)
     return report
+
+
+def _check_forget(dataset_id) -> None:
+    key = cache.get(f"tunixrt:dataset-check-key:{dataset_id}")
+    if key:
+        cache.delete_many([key, f"tunixrt:dataset-check-key:{dataset_id}"])
 
 
 def dataset_render_to(dataset: Dataset, family: str, target: Path, method: str = "sft") -> int:
@@ -251,7 +283,8 @@ def dataset_render_to(dataset: Dataset, family: str, target: Path, method: str =
     else:
         lines = rendering.rendered_lines(rows, dataset.format, family, method=method)
     count = 0
-    with open(target, "w", encoding="utf-8") as out:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private from creation
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
         for line in lines:
             out.write(line)
             count += 1

@@ -46,13 +46,18 @@ def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def downsample(points: list[tuple[float, float]], limit: int = MAX_POINTS):
-    """Every k-th point, always keeping the last one (the newest value matters most)."""
+    """At most `limit` points: consecutive groups each keep their first and last point and
+    their lowest and highest, in order, so a spike survives (every k-th point would drop
+    it) and the newest value is always drawn."""
     if len(points) <= limit:
         return points
-    stride = math.ceil(len(points) / limit)
-    kept = points[::stride]
-    if kept[-1] != points[-1]:
-        kept.append(points[-1])
+    size = math.ceil(len(points) / max(1, limit // 4))
+    kept = []
+    for start in range(0, len(points), size):
+        group = points[start : start + size]
+        low = min(range(len(group)), key=lambda i: group[i][1])
+        high = max(range(len(group)), key=lambda i: group[i][1])
+        kept.extend(group[i] for i in sorted({0, low, high, len(group) - 1}))
     return kept
 
 

@@ -255,7 +255,7 @@ def run_detail(request, run_id):
         "chunks": run_page.log_lines(run, chunks),
         "earlier_log": earlier,
         "cursor": chunks[-1]["seq"] if chunks else 0,
-        "metric_count": selectors.run_metric_count(run),
+        "metric_version": selectors.run_metric_version(run),
         "panels": run_page.panels(request.user, run),
         "queue_position": selectors.queue_position(run),
         "polling": run.is_active,
@@ -277,15 +277,17 @@ def _run_status(request, run):
     after = _after(request)
     chunks = selectors.run_log_chunks(run, after=after, limit=LOG_POLL_CHUNKS)
     more = len(chunks) >= LOG_POLL_CHUNKS
-    metric_count = selectors.run_metric_count(run)
+    metric_version = selectors.run_metric_version(run)
     seen_metrics = request.GET.get("m", "")
     final = run.is_final and not more
     context = {
         "run": run,
         "chunks": run_page.log_lines(run, chunks, after=after),
         "cursor": chunks[-1]["seq"] if chunks else after,
-        "metric_count": metric_count,
-        "panels": run_page.panels(request.user, run) if str(metric_count) != seen_metrics else None,
+        "metric_version": metric_version,
+        "panels": run_page.panels(request.user, run)
+        if str(metric_version) != seen_metrics
+        else None,
         "queue_position": selectors.queue_position(run),
         "polling": not final,
         "final": final,
@@ -461,7 +463,7 @@ def run_compare(request):
         for run, color, run_metrics in zip(runs, colors, metrics, strict=True)
     ]
     only_differences = request.GET.get("only") == "diff"
-    rows = selectors.run_comparison(runs, metrics) if len(runs) >= 2 else []
+    rows = selectors.run_comparison(runs) if len(runs) >= 2 else []
     context = {
         "runs": runs,
         "rows": [r for r in rows if r["differs"]] if only_differences else rows,

@@ -19,10 +19,14 @@ from .logs import (
     run_log_excerpt,
     run_log_tail,
     run_log_text,
-    run_metric_count,
-    run_metric_series,
     run_metric_summary,
     run_stream_tail,
+)
+from .metrics import (
+    SERIES_POINTS,
+    run_metric_names,
+    run_metric_series,
+    run_metric_version,
 )
 from .runs import (
     COUNT_CAP,
@@ -69,7 +73,9 @@ __all__ = [
     "run_log_tail",
     "run_log_excerpt",
     "run_metric_series",
-    "run_metric_count",
+    "run_metric_version",
+    "run_metric_names",
+    "SERIES_POINTS",
     "run_metric_summary",
     "run_stream_tail",
     "STREAM_TAIL_BYTES",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import Forbidden, NotFound
 from ..models import TunixRun
 from .evaluations import latest_scores
-from .logs import run_metric_series
+from .metrics import run_metric_tail
 from .runs import run_for_user
 
 # One training batch's loss is noisy; compare a mean of the last steps instead.
@@ -47,13 +47,15 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> list[dict]:
+def run_comparison(runs: list[TunixRun]) -> list[dict]:
     """Rows of a side-by-side table: the run's inputs and outcome, then every config key
     (flattened, `training.learning_rate`), each with one value per run and whether the
-    values differ. `metrics` (run_metric_series of each run) is read when not given."""
+    values differ."""
     summaries = []
-    for index, run in enumerate(runs):
-        series = metrics[index] if metrics is not None else run_metric_series(run)
+    for run in runs:
+        # The final figures read the last stored points (the charts' series are downsampled).
+        train_tail = run_metric_tail(run, "train/loss", FINAL_WINDOW)
+        eval_tail = run_metric_tail(run, "eval/loss", 1)
         summary = {
             "status": run.status,
             "mode": run.mode,
@@ -63,8 +65,8 @@ def run_comparison(runs: list[TunixRun], metrics: list[dict] | None = None) -> l
             "duration_seconds": run.duration_seconds,
             "exit_code": run.exit_code,
             "steps": run.progress_step,
-            FINAL_TRAIN_LOSS: smoothed_final(series.get("train/loss") or []),
-            FINAL_EVAL_LOSS: series["eval/loss"][-1][1] if series.get("eval/loss") else None,
+            FINAL_TRAIN_LOSS: smoothed_final(train_tail),
+            FINAL_EVAL_LOSS: eval_tail[-1][1] if eval_tail else None,
         }
         # The newest completed evaluation by generation: fine-tuned and base, side by side.
         for model, scores in latest_scores(run).items():

@@ -105,23 +105,6 @@ def _chunks_up_to(ordered, chars: int, *, most: int = 200) -> list[tuple[int, st
     return taken
 
 
-def run_metric_series(run: TunixRun) -> dict[str, list[tuple[int, float]]]:
-    """{name: [(step, value), ...]} ordered by step."""
-
-    series: dict[str, list[tuple[int, float]]] = {}
-    for name, step, value in (
-        Metric.objects.filter(run=run).order_by("name", "step").values_list("name", "step", "value")
-    ):
-        series.setdefault(name, []).append((step, value))
-    return series
-
-
-def run_metric_count(run: TunixRun) -> int:
-    """How many metric points a run has: the run page redraws its chart when this changes."""
-
-    return Metric.objects.filter(run=run).count()
-
-
 def run_metric_summary(run: TunixRun) -> list[dict]:
     """Per metric name: how many points, the step range, min, max and the last value."""
 

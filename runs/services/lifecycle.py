@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -143,7 +144,7 @@ def run_prepare(*, run: TunixRun) -> tuple[Path, dict[str, str]]:
     """Create the run's folder (checked again against the artifacts root right before the
     launch) and, for Tunix runs, write the config file and the rendered training data."""
     output_path = storage.run_output_path(run)
-    output_path.mkdir(parents=True, exist_ok=True)
+    output_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {"TUNIXRT_RUN_ID": str(run.id)}
     if not training.is_launcher_command(run.command):
         return output_path, env
@@ -155,7 +156,10 @@ def run_prepare(*, run: TunixRun) -> tuple[Path, dict[str, str]]:
     config_path = output_path / protocol.CONFIG_FILENAME
     # This host's paths; with an object store, the parent's step is downloaded first.
     config = storage.run_localized(run)
-    config_path.write_text(json.dumps(config, indent=2))
+    # 0600 from creation (and under the 077 umask anyway): no window before a chmod.
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(config, indent=2))
     return output_path, {**env, **training.launcher_environment()}
 
 

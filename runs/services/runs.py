@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ def _check_queue_limits(owner) -> None:
     if active.count() >= settings.MAX_QUEUED_RUNS_TOTAL:
         raise LimitExceeded(
             f"The queue is full ({settings.MAX_QUEUED_RUNS_TOTAL} queued runs); try again later."
+        )
+
+
+def _check_dry_run_rate(owner) -> None:
+    """At most DRY_RUNS_PER_MINUTE dry-runs per user in any minute: counted from the runs
+    recorded (index run_owner_mode_newest), so every web process sees the same count."""
+    limit = settings.DRY_RUNS_PER_MINUTE
+    if not limit or owner is None:
+        return
+    since = timezone.now() - timedelta(minutes=1)
+    recent = TunixRun.objects.filter(owner=owner, mode=RunMode.DRY_RUN, created_at__gte=since)
+    if recent.count() >= limit:
+        raise LimitExceeded(
+            f"You created {limit} dry-runs in the last minute, the most allowed per user "
+            "(TUNIXRT_DRY_RUNS_PER_MINUTE); wait a minute and try again."
         )
 
 
@@ -293,6 +309,8 @@ def run_create(
     another argv; only trusted code (tests, benchmarks) passes it, never a request.
     """
     request = request or RunRequest(**inputs)
+    if request.mode == RunMode.DRY_RUN:
+        _check_dry_run_rate(owner)  # before the dataset is read
     plan = run_plan(owner=owner, request=request, parent=parent, command=command)
     run = plan.run
     if request.mode == RunMode.DRY_RUN:
