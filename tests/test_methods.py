@@ -3,6 +3,7 @@ format, the method's fit with the dataset format, and the dry-runs of GRPO and D
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -365,3 +366,43 @@ def test_the_api_starts_a_grpo_run_from_another_run(
     assert response.json()["config"]["base_run"]["run_id"] == str(base.id)
     refused = api.post("/api/tunix/run", {**body, "base_run_id": "not-a-uuid"})
     assert refused.status_code == 422
+
+
+def test_compare_lines_up_an_sft_and_a_dpo_run_on_the_metrics_they_share(client, user, run_factory):
+    from runs.models import Metric
+
+    pairs = import_dataset(name="pairs", path=PREFERENCE)
+    sft = run_factory(name="sft-run")
+    dpo = run_factory(name="dpo-run", method="dpo", dataset_key=pairs.key)
+    series = {
+        sft: {"train/loss": [2.0, 1.5, 1.2], "eval/loss": [1.4], "train/learning_rate": [1e-3]},
+        dpo: {
+            "train/loss": [0.69, 0.6, 0.5],
+            "eval/loss": [0.65],
+            "train/rewards/chosen": [0.1, 0.2, 0.3],
+            "train/rewards/margin": [0.0, 0.1, 0.2],
+        },
+    }
+    for run, metrics in series.items():
+        for name, values in metrics.items():
+            for step, value in enumerate(values, start=1):
+                Metric.objects.create(run=run, name=name, step=step, value=value)
+    client.force_login(user)
+    html = client.get(f"/runs/compare/?run={sft.id}&run={dpo.id}").content.decode()
+    loss = html[
+        html.index('id="compare-chart"') : html.index("</svg>", html.index('id="compare-chart"'))
+    ]
+    for label in (
+        "sft-run (SFT) train",
+        "dpo-run (DPO) train",
+        "sft-run (SFT) eval",
+        "dpo-run (DPO) eval",
+    ):
+        assert f">{label}</text>" in loss, label
+    assert loss.count("<polyline") == 4
+    assert 'id="compare-rewards/chosen"' not in html and 'id="compare-learning_rate"' not in html
+    unshared = html[html.index('id="compare-unshared"') :].split("</p>")[0]
+    assert "dpo-run (DPO): rewards/chosen, rewards/margin" in unshared
+    assert "sft-run (SFT): learning_rate" in unshared
+    row = re.search(r'<tr class="differs"><th scope="row"><code>method</code>.*?</tr>', html, re.S)
+    assert row and "dpo" in row.group(0) and "sft" in row.group(0)
