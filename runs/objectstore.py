@@ -169,11 +169,14 @@ def run_files(output_dir: str) -> list[tuple[str, int]]:
     return artifacts().files(output_dir)
 
 
-def run_checkpoints(output_dir: str, rows=None) -> list[dict]:
-    """Checkpoint steps newest first, in the shape of storage's local listing."""
+def run_checkpoints(
+    output_dir: str, rows=None, *, under: str = protocol.CHECKPOINTS_DIRNAME
+) -> list[dict]:
+    """Checkpoint steps newest first, in the shape of storage's local listing; `under` is
+    the run's protocol.checkpoint_folder."""
     rows = run_files(output_dir) if rows is None else rows
     steps: dict[int, dict] = {}
-    prefix = protocol.CHECKPOINTS_DIRNAME + "/"
+    prefix = under + "/"
     for name, size in rows:
         step, _, rest = name.removeprefix(prefix).partition("/")
         if not name.startswith(prefix) or not step.isdigit() or not rest:
@@ -188,12 +191,14 @@ def run_checkpoints(output_dir: str, rows=None) -> list[dict]:
     return sorted(steps.values(), key=lambda r: r["step"], reverse=True)
 
 
-def run_tree(output_dir: str, *, shown: int, max_entries: int) -> dict:
+def run_tree(
+    output_dir: str, *, shown: int, max_entries: int, under: str = protocol.CHECKPOINTS_DIRNAME
+) -> dict:
     """storage.run_output_tree's answer, from the object listing."""
     rows = run_files(output_dir)
     partial = len(rows) > max_entries
     rows = rows[:max_entries]
-    steps = run_checkpoints(output_dir, rows)
+    steps = run_checkpoints(output_dir, rows, under=under)
     in_steps = {row["path"] + "/" for row in steps}
     root = {"name": output_dir.rsplit("/", 1)[-1], "path": "", "dir": True, "files": 0, "size": 0}
     root |= {"children": [], "more": 0}
@@ -252,17 +257,22 @@ def run_archive(output_dir: str, name: str, *, under: str = ""):
 # --- the worker side: staging a parent's checkpoint, publishing a run's folder -------------
 
 
-def stage_parent_checkpoint(parent_output_dir: str, target: Path) -> int | None:
-    """Download the parent run's newest complete checkpoint step into `target/<step>`;
-    the step, or None when the store holds no complete step of it."""
+def stage_parent_checkpoint(
+    parent_output_dir: str, target: Path, *, method: str = "sft"
+) -> int | None:
+    """Download the parent run's newest complete checkpoint step into `target/<step>`
+    (`target/actor/<step>` for GRPO, where its launcher looks); the step, or None when the
+    store holds no complete step of it."""
     store = artifacts()
-    complete = [r for r in run_checkpoints(parent_output_dir) if r["complete"]]
+    under = protocol.checkpoint_folder(method)
+    complete = [r for r in run_checkpoints(parent_output_dir, under=under) if r["complete"]]
     if not complete:
         return None
     step = complete[0]["step"]
-    prefix = f"{parent_output_dir}/{protocol.CHECKPOINTS_DIRNAME}/{step}"
+    prefix = f"{parent_output_dir}/{under}/{step}"
+    local = target.joinpath(*under.split("/")[1:], str(step))
     for relative, _size in store.files(prefix):
-        store.get(f"{prefix}/{relative}", target / str(step) / relative)
+        store.get(f"{prefix}/{relative}", local / relative)
     return step
 
 
@@ -372,7 +382,7 @@ def localize(run, local: Path, parent_local: Path | None) -> dict:
     target = parent_local / protocol.CHECKPOINTS_DIRNAME
     if artifacts():
         target = Path(settings.ARTIFACTS_DIR) / "staging" / str(run.id) / target.name
-        stage_parent_checkpoint(run.parent.output_dir, target)
+        stage_parent_checkpoint(run.parent.output_dir, target, method=run.parent.method)
     config["resume"] = {**resume, "checkpoint_dir": str(target)}
     return config
 

@@ -23,6 +23,18 @@ CHECKPOINTS_DIRNAME = "checkpoints"
 TENSORBOARD_DIRNAME = "tensorboard"
 # Orbax writes this file last: a checkpoint step without it is incomplete.
 CHECKPOINT_COMPLETE_MARKER = "commit_success.txt"
+# Tunix's RL cluster keeps the policy's checkpoints in this subfolder of the checkpoint root.
+ACTOR_DIRNAME = "actor"
+
+
+def checkpoint_folder(method: str) -> str:
+    """Where a run of `method` keeps its checkpoint step folders, relative to its output
+    folder: `checkpoints/<step>`, or `checkpoints/actor/<step>` for GRPO (RL)."""
+    if method == "grpo":
+        return f"{CHECKPOINTS_DIRNAME}/{ACTOR_DIRNAME}"
+    return CHECKPOINTS_DIRNAME
+
+
 EVAL_FRACTION = 0.1
 
 # --- exit codes -------------------------------------------------------------------------
@@ -401,6 +413,32 @@ def split_seed(dataset_sha256: str) -> int:
     dataset (whatever its training seed) is evaluated on the same rows."""
     digits = "".join(c for c in (dataset_sha256 or "") if c in "0123456789abcdef")[:8]
     return int(digits or "0", 16)
+
+
+def preference_lengths(
+    prompt_lengths: list[int], answer_lengths: list[int], max_seq_length: int
+) -> tuple[int, int, int]:
+    """How DPO/ORPO fit pairs to one static shape: (prompt length, answer length, pairs cut).
+    `answer_lengths` holds each pair's longer answer. The longest prompt and answer are
+    rounded up to 8 and cut so that together they fit max_seq_length, the prompt keeping
+    at least half when both are long; a pair longer than either is cut (the prompt from its
+    start, the answers at their end). ValueError when max_seq_length leaves no room."""
+
+    def round_up(n: int) -> int:
+        return max(8, -(-n // 8) * 8)
+
+    longest_prompt = round_up(max(prompt_lengths))
+    longest_answer = round_up(max(answer_lengths))
+    prompt_len = min(longest_prompt, max(8, max_seq_length // 2))
+    response_len = min(longest_answer, max_seq_length - prompt_len)
+    prompt_len = min(longest_prompt, max_seq_length - response_len)
+    if response_len < 1 or prompt_len < 1:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for an answer")
+    cut = sum(
+        p > prompt_len or a > response_len
+        for p, a in zip(prompt_lengths, answer_lengths, strict=True)
+    )
+    return prompt_len, response_len, cut
 
 
 def split_sizes(rows: int, eval_fraction: float) -> tuple[int, int]:

@@ -142,24 +142,22 @@ def dataset_path(dataset: Dataset) -> Path:
 
 def run_checkpoints(run: TunixRun) -> list[dict[str, Any]]:
     """Checkpoints by step with their completeness marker, newest first."""
+    under = protocol.checkpoint_folder(run.method)
     if objectstore.artifacts():
-        return objectstore.run_checkpoints(run.output_dir)
+        return objectstore.run_checkpoints(run.output_dir, under=under)
     try:
-        root = run_output_path(run) / "checkpoints"
+        root = _real_folder(run_output_path(run), under)
     except UnsafePath:
         return []
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        if child.is_dir() and not child.is_symlink() and child.name.isdigit():
-            found.append(
-                {
-                    "step": int(child.name),
-                    "complete": (child / "commit_success.txt").is_file(),
-                    "path": str(child.relative_to(run_output_path(run))),
-                }
-            )
+    found = [
+        {
+            "step": int(child.name),
+            "complete": (child / protocol.CHECKPOINT_COMPLETE_MARKER).is_file(),
+            "path": f"{under}/{child.name}",
+        }
+        for child in (root.iterdir() if root else ())
+        if child.is_dir() and not child.is_symlink() and child.name.isdigit()
+    ]
     return sorted(found, key=lambda c: c["step"], reverse=True)
 
 
@@ -317,11 +315,13 @@ def folder_size(path: Path) -> int:
 # (Added beside run_output_files and run_output_archive, which the API still uses.)
 
 
-def _checkpoint_step_dir(root: Path, step: int) -> Path | None:
-    """`checkpoints/<step>` inside `root` when it is a real folder (not a symlink)."""
-    folder = root / protocol.CHECKPOINTS_DIRNAME / str(int(step))
-    if folder.is_symlink() or not folder.is_dir():
-        return None
+def _real_folder(root: Path, relative: str) -> Path | None:
+    """`root/relative` when it and each folder on the way is a real folder (no symlink)."""
+    folder = root
+    for part in relative.split("/"):
+        folder = folder / part
+        if folder.is_symlink() or not folder.is_dir():
+            return None
     return folder
 
 
@@ -340,10 +340,10 @@ def _files_under(folder: Path):
                 yield path, info.st_size
 
 
-def _step_summaries(root: Path) -> list[dict[str, Any]]:
+def _step_summaries(root: Path, under: str) -> list[dict[str, Any]]:
     """Each checkpoint step folder as one row: step, complete, size, files, newest first."""
-    folder = root / protocol.CHECKPOINTS_DIRNAME
-    if folder.is_symlink() or not folder.is_dir():
+    folder = _real_folder(root, under)
+    if folder is None:
         return []
     rows = []
     for child in folder.iterdir():
@@ -355,7 +355,7 @@ def _step_summaries(root: Path) -> list[dict[str, Any]]:
                     "complete": (child / protocol.CHECKPOINT_COMPLETE_MARKER).is_file(),
                     "size": sum(sizes),
                     "files": len(sizes),
-                    "path": f"{protocol.CHECKPOINTS_DIRNAME}/{child.name}",
+                    "path": f"{under}/{child.name}",
                 }
             )
     return sorted(rows, key=lambda row: row["step"], reverse=True)
@@ -414,8 +414,11 @@ def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000
     complete or not), the rest as a folder tree whose folders list at most `shown` entries
     each and say how many more they hold. At most `max_entries` entries are looked at;
     `partial` says the listing stopped there. Symlinks are neither followed nor listed."""
+    under = protocol.checkpoint_folder(run.method)
     if objectstore.artifacts():
-        return objectstore.run_tree(run.output_dir, shown=shown, max_entries=max_entries)
+        return objectstore.run_tree(
+            run.output_dir, shown=shown, max_entries=max_entries, under=under
+        )
     empty = {"checkpoints": [], "tree": None, "files": 0, "size": 0, "partial": False}
     try:
         root = run_output_path(run)
@@ -424,14 +427,14 @@ def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000
     if root.is_symlink() or not root.is_dir():
         return empty
     budget = _Budget(max_entries)
-    steps = _step_summaries(root)
+    steps = _step_summaries(root, under)
     tree = _folder_node(root, "", shown=shown, budget=budget, skip={protocol.CHECKPOINTS_DIRNAME})
-    extra = root / protocol.CHECKPOINTS_DIRNAME
-    if extra.is_dir() and not extra.is_symlink():
+    extra = _real_folder(root, under)
+    if extra is not None:
         # What else lives beside the step folders (Orbax's temporary folders while saving).
         rest = _folder_node(
             extra,
-            protocol.CHECKPOINTS_DIRNAME,
+            under,
             shown=shown,
             budget=budget,
             skip={str(row["step"]) for row in steps},
@@ -452,13 +455,13 @@ def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000
 def run_checkpoint_archive(run: TunixRun, step: int):
     """One checkpoint step's folder as a streamed .tar.gz (`checkpoint-<step>/...`), regular
     files only; NotFound when the run has no such step."""
+    name, under = f"checkpoint-{int(step)}", f"{protocol.checkpoint_folder(run.method)}/{int(step)}"
     if objectstore.artifacts():
         if not any(row["step"] == int(step) for row in run_checkpoints(run)):
             raise NotFound(f"This run has no checkpoint at step {int(step)}.")
-        name, under = f"checkpoint-{int(step)}", f"{protocol.CHECKPOINTS_DIRNAME}/{int(step)}"
         return objectstore.run_archive(run.output_dir, name, under=under)
     try:
-        folder = _checkpoint_step_dir(run_output_path(run), step)
+        folder = _real_folder(run_output_path(run), under)
     except UnsafePath:
         folder = None
     if folder is None:

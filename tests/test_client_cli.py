@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from runs import services
+from runs import services, storage
 from runs.models import RunStatus, TunixRun
 
 from .conftest import REPO
@@ -116,3 +116,38 @@ def test_cli_takes_the_short_id_the_pages_show(tunixrt, dataset, tiny_model_dir)
     assert tunixrt("show", short).stdout.startswith(run["id"])
     too_short = tunixrt("show", run["id"][:5])
     assert too_short.returncode == 1 and "at least 6" in too_short.stderr
+
+
+def test_cli_submits_a_method_starting_from_another_run(
+    tunixrt, dataset, tiny_model_dir, run_factory, tiny_launcher
+):
+    base = run_factory(mode="local", command=["true"])
+    services.run_claim(run_id=base.id)
+    services.run_finish(run_id=base.id, status=RunStatus.COMPLETED, exit_code=0)
+    folder = storage.run_output_path(base) / "checkpoints" / "2"
+    folder.mkdir(parents=True)
+    (folder / "commit_success.txt").write_text("ok")
+    done = tunixrt(
+        "submit",
+        "sample-v1",
+        tiny_model_dir,
+        "--method",
+        "grpo",
+        "--base-run",
+        str(base.id),
+        "--set",
+        "num_generations=4",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["status"] == "completed", run["message"]
+    assert run["config"]["method"]["name"] == "grpo"
+    assert run["config"]["method"]["num_generations"] == 4
+    assert run["config"]["base_run"]["run_id"] == str(base.id)
+    assert TunixRun.objects.get(id=run["id"]).base_run_id == base.id
+
+    sft = tunixrt("submit", "sample-v1", tiny_model_dir, "--base-run", str(base.id))
+    assert sft.returncode == 1 and "SFT starts from the model itself" in sft.stderr
+    unknown = tunixrt("submit", "sample-v1", tiny_model_dir, "--method", "ppo")
+    assert unknown.returncode == 2 and "invalid choice: 'ppo'" in unknown.stderr

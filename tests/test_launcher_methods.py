@@ -108,9 +108,13 @@ def test_a_preference_run_completes_with_its_metrics(workspace, tiny_model, meth
 
 
 @pytest.mark.tunix
-def test_grpo_from_an_sft_result_completes_with_rewards_kl_and_samples(workspace, tiny_model):
+# long: one chain (SFT, GRPO on its result, that GRPO run continued) keeps the lane short.
+def test_grpo_from_an_sft_result_completes_with_rewards_kl_and_samples_and_continues(
+    workspace, tiny_model
+):
     """SFT first, then GRPO (2 generations, a few steps, short completions) starting from
-    the SFT run's result: its LoRA is merged into the base before GRPO adds its own."""
+    the SFT run's result: its LoRA is merged into the base before GRPO adds its own. Then
+    the GRPO run is continued from its checkpoint (in checkpoints/actor) to one more step."""
     sft_data = render(
         SAMPLES / "reasoning-sample.jsonl", "reasoning", "sft", workspace / "sft.jsonl"
     )
@@ -128,19 +132,15 @@ def test_grpo_from_an_sft_result_completes_with_rewards_kl_and_samples(workspace
         "checkpoint_dir": str(sft_dir / "checkpoints"),
         "lora": sft_config["lora"],
     }
-    config = config_for(
-        run_dir,
-        tiny_model,
-        data,
-        base_run=base_run,
-        method="grpo",
-        batch_size=2,
-        max_steps=3,
-        max_new_tokens=8,
-        reward_answer_format=0.5,
-        reward_length_penalty=0.1,
-        length_target=10,
-    )
+    settings = {
+        "method": "grpo",
+        "batch_size": 2,
+        "max_new_tokens": 8,
+        "reward_answer_format": 0.5,
+        "reward_length_penalty": 0.1,
+        "length_target": 10,
+    }
+    config = config_for(run_dir, tiny_model, data, base_run=base_run, max_steps=3, **settings)
     code, events, stderr = launch(run_dir, config)
     assert code == 0, stderr[-3000:]
     assert "merged" in stderr and "LoRA weights of the base run" in stderr
@@ -167,3 +167,26 @@ def test_grpo_from_an_sft_result_completes_with_rewards_kl_and_samples(workspace
     summary = of_kind(events, "summary")[0]
     assert summary["method"] == "grpo" and summary["steps"] == 3
     assert of_kind(events, "checkpoint")
+    assert summary["checkpoint_step"] == 3
+    assert (run_dir / "checkpoints" / "actor" / "3" / "commit_success.txt").is_file()
+
+    # Continue it as run_resume does: the same settings, more steps, the parent's checkpoints.
+    continued_dir = workspace / "grpo-continued"
+    config = config_for(
+        continued_dir,
+        tiny_model,
+        data,
+        base_run=base_run,
+        resume=str(run_dir / "checkpoints"),
+        max_steps=4,
+        **settings,
+    )
+    code, events, stderr = launch(continued_dir, config)
+    assert code == 0, stderr[-3000:]
+    resumed = of_kind(events, "resumed")
+    assert resumed and resumed[0]["from_step"] == 3 and resumed[0]["to_step"] == 4
+    trained = {e["step"] for e in of_kind(events, "metric", name="train/loss")}
+    assert trained == {4}, trained
+    summary = of_kind(events, "summary")[0]
+    assert summary["checkpoint_step"] == 4
+    assert (continued_dir / "checkpoints" / "actor" / "4" / "commit_success.txt").is_file()

@@ -185,7 +185,9 @@ def test_compare_draws_the_series_that_two_runs_share(client, run_factory):
     add_series(first, "train/tokens_per_second", [10.0, 11.0])
     html = client.get(f"/runs/compare/?run={first.id}&run={second.id}").content.decode()
     assert 'id="compare-grad_norm"' in html
-    assert "tokens_per_second" not in html  # only one run has it
+    # Only one run has it: not drawn, but named as recorded by that run alone.
+    assert 'id="compare-tokens_per_second"' not in html
+    assert "a: tokens_per_second." in html
 
 
 # --- 3. output files as a tree --------------------------------------------------------------

@@ -133,8 +133,11 @@ class RunIn(HyperparametersIn):
         description="local:NAME, ORG/NAME (Hugging Face) or kaggle:OWNER/MODEL/...",
     )
     dry_run: bool = Field(True, description="Validate and build the config; execute nothing.")
+    # Not strict: the schema is strict, and a strict UUID refuses the string JSON carries.
     base_run_id: UUID | None = Field(
-        None, description="Start from this completed LoRA run's result (merged into the base)."
+        None,
+        strict=False,
+        description="Start from this completed LoRA run's result (merged into the base).",
     )
     name: str = Field("", max_length=200, pattern=TEXT)
     timeout_seconds: int | None = Field(None, ge=10, le=settings.RUN_TIMEOUT_MAX, strict=True)

@@ -315,6 +315,24 @@ def truncation_sentence(figures: dict[str, Any], long_completions: str = "drop")
     return f"{sentence} {figures['counted_with']}{rendered}"
 
 
+def pair_sentence(check: dict[str, Any]) -> str:
+    """'Pairs: 2 of 12 would be cut to fit max_seq_length=128 (tokens; prompt 64, answers 64
+    tokens). Counted in tokens with ...'."""
+    if check.get("problem"):
+        return f"Pairs: {check['problem']}."
+    if check["truncated"] is None:
+        return (
+            f"Pairs: {check['pairs']}; how many would be cut to fit "
+            f"max_seq_length={check['max_seq_length']} needs the model's tokenizer. "
+            + check["note"]
+        )
+    return (
+        f"Pairs: {check['truncated']} of {check['pairs']} would be cut to fit "
+        f"max_seq_length={check['max_seq_length']} (prompts to {check['prompt_len']}, "
+        f"answers to {check['answer_len']} tokens). {check['note']}"
+    )
+
+
 def dataset_reward_check(dataset: Dataset, section: dict) -> dict:
     """The reward dry-run over the dataset's first rows (see reward_check)."""
     from runs.datasets.reward_check import reward_dry_run
@@ -323,15 +341,55 @@ def dataset_reward_check(dataset: Dataset, section: dict) -> dict:
         return reward_dry_run(validation.iter_rows(dataset_file(dataset)), dataset.format, section)
 
 
-def dataset_first_pair(dataset: Dataset, family: str) -> dict | None:
-    """The first preference pair rendered for `family` (chosen beside rejected), with token
-    counts when the model's tokenizer is at hand, else character counts."""
+def dataset_preference_check(
+    dataset: Dataset, family: str, model: training.ModelRef | None, max_seq_length: int
+) -> dict | None:
+    """The first preference pair rendered for `family` (chosen beside rejected) with its
+    lengths, and how many pairs DPO/ORPO will cut to fit max_seq_length. Lengths are tokens
+    counted as the launcher counts them when the model's tokenizer is at hand; otherwise
+    characters, and the cut pairs are not counted (characters say nothing about tokens)."""
+    tokenizer, note = model_tokenizer(model)
+    count = rendering.token_counter(tokenizer) if tokenizer else rendering.count_characters
+    first, prompts, answers = None, [], []
     with _reading(dataset):
-        for row in validation.iter_rows(dataset_file(dataset)):
-            pair = rendering.render_row(row, dataset.format, family, method="dpo")
-            return {
-                **pair,
-                "unit": "characters",
-                "counts": {k: len(v) for k, v in pair.items()},
-            }
-    return None
+        rows = validation.iter_rows(dataset_file(dataset))
+        pending: list[dict] = []
+        for row in rows:
+            pending.append(rendering.render_row(row, dataset.format, family, method="dpo"))
+            if len(pending) == 512:
+                first = first or pending[0]
+                _count_pairs(pending, count, prompts, answers)
+                pending = []
+        if pending:
+            first = first or pending[0]
+            _count_pairs(pending, count, prompts, answers)
+    if first is None:
+        return None
+    chosen, rejected = count([first["chosen"], first["rejected"]])
+    check = {
+        **{k: first[k] for k in ("prompt", "chosen", "rejected")},
+        "unit": "tokens" if tokenizer else "characters",
+        "note": note,
+        "counts": {"prompt": prompts[0], "chosen": chosen, "rejected": rejected},
+        "pairs": len(prompts),
+        "max_seq_length": max_seq_length,
+        "truncated": None,
+    }
+    if tokenizer is not None:
+        try:
+            prompt_len, answer_len, cut = protocol.preference_lengths(
+                prompts, answers, max_seq_length
+            )
+        except ValueError as exc:
+            check["problem"] = str(exc)
+        else:
+            check |= {"truncated": cut, "prompt_len": prompt_len, "answer_len": answer_len}
+    return check
+
+
+def _count_pairs(pairs: list[dict], count, prompts: list[int], answers: list[int]) -> None:
+    """Append each pair's prompt length and its longer answer's length."""
+    prompts.extend(count([p["prompt"] for p in pairs]))
+    chosen = count([p["chosen"] for p in pairs])
+    rejected = count([p["rejected"] for p in pairs])
+    answers.extend(max(c, r) for c, r in zip(chosen, rejected, strict=True))

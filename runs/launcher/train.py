@@ -165,15 +165,17 @@ def report_environment(events: Events) -> None:
     )
 
 
-def resume_from_parent(config: dict, prep: Prepared, events: Events) -> int | None:
+def resume_from_parent(config: dict, prep, events: Events, subfolder: str = "") -> int | None:
     """Seed this run's checkpoint folder from its parent's; the step resumed from. The
     data repeats as needed, so a resumed run trains to its max_steps whatever the parent's
-    epochs were; the event says what it will train."""
+    epochs were; the event says what it will train. Every method resumes here: GRPO's
+    step folders are in the `subfolder` its trainer writes (protocol.checkpoint_folder)."""
     parent = config["resume"].get("checkpoint_dir")
     if not parent:
         return None
     total_steps = prep.total_steps
-    resumed_from = seed_from_parent(Path(parent), Path(config["output"]["checkpoint_dir"]))
+    own = Path(config["output"]["checkpoint_dir"])
+    resumed_from = seed_from_parent(Path(parent) / subfolder, own / subfolder)
     if resumed_from >= total_steps:
         raise LaunchError(
             f"nothing to train: the checkpoint is at step {resumed_from} "

@@ -357,6 +357,21 @@ def run_panels(
     return panels
 
 
+def unshared_quantities(
+    runs: Sequence[tuple[str, str, dict[str, list[tuple[int, float]]]]],
+) -> list[tuple[str, list[str]]]:
+    """(run label, quantities) of what only that run recorded: runs of different methods
+    share loss, and compare_panels draws only what at least two runs have."""
+    recorded = [quantities(n for n, pts in m.items() if pts) for _, _, m in runs]
+    out = []
+    for index, (label, _, _) in enumerate(runs):
+        others = {q for i, found in enumerate(recorded) if i != index for q in found}
+        alone = [q for q in recorded[index] if q not in others]
+        if alone:
+            out.append((label, alone))
+    return out
+
+
 def compare_panels(
     runs: Sequence[tuple[str, str, dict[str, list[tuple[int, float]]]]],
     *,

@@ -11,14 +11,14 @@ from django import forms
 from django.conf import settings
 from django.urls import reverse
 
-from runs import hyperparameters, services
+from runs import hyperparameters, selectors, services
 from runs.datasets import selectors as dataset_selectors
 from runs.datasets.rendering import METHOD_NEEDS
 from runs.errors import InvalidInput
 from runs.models import RunMode
 
 # What the service calls each input; the form's fields carry the same names.
-MAIN_FIELDS = ("dataset_key", "model_id", "name")
+MAIN_FIELDS = ("dataset_key", "model_id", "base_run_id", "name")
 LIMIT_FIELDS = ("timeout_seconds",)
 AFTER_FIELDS = ("evaluate_after",)
 
@@ -96,6 +96,16 @@ class RunForm(forms.Form):
         help_text="local:NAME (a folder in the models directory), ORG/NAME (Hugging Face) or "
         "kaggle:OWNER/MODEL/FRAMEWORK/VARIATION.",
     )
+    base_run_id = forms.ChoiceField(
+        label="Start from run",
+        required=False,
+        help_text="Train on another run's result instead of the plain model: one of your "
+        "completed LoRA runs of this model (its LoRA is merged into the model first).",
+        error_messages={
+            "invalid_choice": "That is not one of your completed LoRA runs of this model: "
+            "choose one from the list."
+        },
+    )
     name = forms.CharField(
         label="Name",
         required=False,
@@ -121,6 +131,7 @@ class RunForm(forms.Form):
         self.fields["dataset_key"].choices = dataset_selectors.dataset_choices(method, user=user)
         self.unfit_datasets = dataset_selectors.datasets_unfit_count(method, user=user)
         self.method_needs = METHOD_NEEDS.get(method, "")
+        self.fields["base_run_id"].choices = self._base_run_choices(user)
         # Built here, not on the class, because its maximum is a setting.
         self.fields["timeout_seconds"] = forms.IntegerField(
             label="Timeout (seconds)",
@@ -167,9 +178,28 @@ class RunForm(forms.Form):
             }
         )
 
+    def _base_run_choices(self, user) -> list[tuple[str, str]]:
+        """The runs this one can start from: the user's completed LoRA runs of the chosen
+        model (SFT trains from the plain model only)."""
+        model_id = (self.data.get("model_id") if self.is_bound else None) or self.initial.get(
+            "model_id", ""
+        )
+        choices = [("", "None: the model itself")]
+        if user is None or self.chosen_method() == "sft" or not model_id:
+            return choices
+        for run in selectors.runs_to_start_from(user, model_id=str(model_id).strip()):
+            label = f"{run.name or 'Run'} · {str(run.id)[:8]} · {run.get_method_display()}"
+            choices.append((str(run.id), label))
+        return choices
+
     # --- groups for the template -------------------------------------------------------
     def main_fields(self):
-        return [self[name] for name in MAIN_FIELDS]
+        names = (
+            MAIN_FIELDS
+            if self.chosen_method() != "sft"
+            else tuple(name for name in MAIN_FIELDS if name != "base_run_id")
+        )
+        return [self[name] for name in names]
 
     def hyperparameter_fields(self):
         """The settings of the chosen method (the method field itself comes first)."""
@@ -197,6 +227,8 @@ class RunForm(forms.Form):
             for name in ("dataset_key", "model_id", "mode", "timeout_seconds", "name")
         }
         initial.update(request.hyperparameters)
+        if request.base_run_id:
+            initial["base_run_id"] = request.base_run_id
         if request.evaluate_after is not None:
             initial["evaluate_after"] = request.evaluate_after
         return initial
@@ -223,6 +255,7 @@ class RunForm(forms.Form):
             mode=data.get("mode") or RunMode.DRY_RUN,
             timeout_seconds=data.get("timeout_seconds"),
             evaluate_after=bool(data.get("evaluate_after")),
+            base_run_id=data.get("base_run_id") or None,
             hyperparameters={
                 name: data[name]
                 for name in hyperparameters.HYPERPARAMETERS

@@ -458,8 +458,15 @@ def run_compare(request):
         messages.warning(request, problem)
     metrics = [selectors.run_metric_series(run) for run in runs]
     colors = [charts.PALETTE[i % len(charts.PALETTE)] for i in range(len(runs))]
+    # Runs of different methods line up on what they share; each label says its method.
+    methods = len({run.method for run in runs}) > 1
     labelled = [
-        (run.name[:24] or str(run.id)[:8], color, run_metrics)
+        (
+            (run.name[:24] or str(run.id)[:8])
+            + (f" ({run.get_method_display()})" if methods else ""),
+            color,
+            run_metrics,
+        )
         for run, color, run_metrics in zip(runs, colors, metrics, strict=True)
     ]
     only_differences = request.GET.get("only") == "diff"
@@ -469,6 +476,7 @@ def run_compare(request):
         "rows": [r for r in rows if r["differs"]] if only_differences else rows,
         "only_differences": only_differences,
         "panels": charts.compare_panels(labelled) if len(runs) >= 2 else [],
+        "unshared": charts.unshared_quantities(labelled) if len(runs) >= 2 else [],
         "columns": list(zip(runs, colors, strict=True)),
     }
     return _render(request, "runs/compare.html", context, fragment="body")

@@ -45,6 +45,7 @@ from .runs import (
     runs_for_list,
     runs_page,
     runs_related_counts,
+    runs_to_start_from,
     runs_visible_to,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "run_chain",
     "run_samples",
     "runs_visible_to",
+    "runs_to_start_from",
     "run_for_user",
     "run_children",
     "runs_filter",

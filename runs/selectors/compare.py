@@ -59,6 +59,7 @@ def run_comparison(runs: list[TunixRun]) -> list[dict]:
         summary = {
             "status": run.status,
             "mode": run.mode,
+            "method": run.method,
             "model_id": run.model_id,
             "dataset_key": run.dataset_key,
             "created_at": run.created_at.isoformat(timespec="seconds"),

@@ -13,7 +13,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
 from ..errors import Conflict, Forbidden, InvalidInput, NotFound
-from ..models import LogChunk, Metric, RunKind, RunStatus, TunixRun
+from ..models import LogChunk, Metric, RunKind, RunMode, RunStatus, TunixRun
 
 # What a list row shows. The big JSON columns (config, command, environment) and the
 # message stay in the database: a list page of 50 runs is a few KB, not 150.
@@ -56,6 +56,23 @@ def runs_visible_to(user) -> QuerySet[TunixRun]:
     """Users see their own runs; staff see everyone's."""
     runs = TunixRun.objects.select_related("owner")
     return runs if user.is_staff else runs.filter(owner=user)
+
+
+def runs_to_start_from(user, *, model_id: str = "", limit: int = 50) -> list[TunixRun]:
+    """The user's completed local LoRA training runs, newest first, of `model_id` when
+    given: what the run form offers to start from (the service checks the checkpoint)."""
+    runs = TunixRun.objects.filter(
+        owner=user,
+        kind=RunKind.TRAIN,
+        mode=RunMode.LOCAL,
+        status=RunStatus.COMPLETED,
+        lora_rank__gt=0,
+    )
+    if model_id:
+        runs = runs.filter(model_id=model_id)
+    return list(
+        runs.order_by("-created_at").only("id", "name", "method", "model_id", "max_steps")[:limit]
+    )
 
 
 # The pages show 8-character ids; a prefix of at least this many hex digits finds a run.

@@ -75,7 +75,12 @@ def _source_section(run: TunixRun) -> dict[str, Any]:
         "model_dir": config["model"]["path"],
         "model_id": run.model_id,
         "family": run.model_family,
-        "checkpoint_dir": config["output"]["checkpoint_dir"],
+        # GRPO's step folders are one level down (checkpoints/actor/<step>).
+        "checkpoint_dir": str(
+            Path(config["output"]["checkpoint_dir"]).joinpath(
+                *protocol.checkpoint_folder(run.method).split("/")[1:]
+            )
+        ),
         "lora": config.get("lora") or {"enabled": False},
         "seed": config["training"]["seed"],
     }

@@ -48,13 +48,18 @@ def check_fit(dataset: Dataset | None, method: str) -> None:
         raise InvalidInput(message, fields={"dataset_key": message})
 
 
-def base_run_section(owner, base_run_id: str | None, model_id: str) -> dict[str, Any] | None:
+def base_run_section(
+    owner, base_run_id: str | None, model_id: str, method: str = "dpo"
+) -> dict[str, Any] | None:
     """The config section of the run this one starts from, after checking it can be."""
     if not base_run_id:
         return None
     base = TunixRun.objects.filter(id=base_run_id).first() if _is_uuid(base_run_id) else None
     problem = None
-    if base is None or not (owner.is_staff or base.owner_id == owner.id):
+    if method == "sft":
+        # The SFT launcher trains from the plain model; it never reads a base run.
+        problem = "SFT starts from the model itself; DPO, ORPO and GRPO can start from a run."
+    elif base is None or not (owner.is_staff or base.owner_id == owner.id):
         problem = "No such run."
     elif base.status != RunStatus.COMPLETED or base.mode != RunMode.LOCAL:
         problem = "Only a completed Tunix run can be started from."
@@ -62,7 +67,7 @@ def base_run_section(owner, base_run_id: str | None, model_id: str) -> dict[str,
         problem = f"That run trained {base.model_id}; choose the same model to start from it."
     elif not base.lora_rank:
         problem = "That run trained all weights; only a LoRA result can be merged."
-    elif storage.run_latest_checkpoint(base) is None and not _has_actor_checkpoint(base):
+    elif storage.run_latest_checkpoint(base) is None:
         problem = "That run has no complete checkpoint."
     if problem:
         raise InvalidInput(problem, fields={"base_run_id": problem})
@@ -81,10 +86,3 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _has_actor_checkpoint(run: TunixRun) -> bool:
-    actor = Path(settings.ARTIFACTS_DIR) / run.output_dir / protocol.CHECKPOINTS_DIRNAME / "actor"
-    return actor.is_dir() and any(
-        (p / protocol.CHECKPOINT_COMPLETE_MARKER).is_file() for p in actor.iterdir()
-    )

@@ -17,10 +17,11 @@ from django.utils import timezone
 
 from .. import protocol, storage, training
 from ..datasets.selectors import (
-    dataset_first_pair,
+    dataset_preference_check,
     dataset_reward_check,
     dataset_truncation,
     datasets_visible,
+    pair_sentence,
     truncation_sentence,
 )
 from ..datasets.services import dataset_check
@@ -207,7 +208,9 @@ def run_plan(
     checked = _check_request(request, run_id)
     dataset, problem, report = _check_dataset(request, owner=owner, read_file=check_dataset)
     check_fit(dataset, checked.hyperparameters["method"])
-    base_run = base_run_section(owner, request.base_run_id, request.model_id)
+    base_run = base_run_section(
+        owner, request.base_run_id, request.model_id, checked.hyperparameters["method"]
+    )
     status = training.probe() if command is None else None
     if request.mode == RunMode.LOCAL and status is not None and not status.available:
         raise TunixUnavailable(status.message)
@@ -351,7 +354,9 @@ def _finish_dry_run(plan: RunPlan) -> None:
         "what a local run would execute. Nothing was executed. " + plan_sentence(plan.training)
     )
     model = training.parse_model_ref(run.model_id)
-    figures = _dry_run_dataset_stats(run.dataset, model, run.max_seq_length)
+    # Preference pairs are cut by their own rule, which the pair check below counts.
+    preference = run.method in ("dpo", "orpo")
+    figures = None if preference else _dry_run_dataset_stats(run.dataset, model, run.max_seq_length)
     if figures is not None:
         run.environment = {**run.environment, "dataset_stats": figures}
         run.message += " " + truncation_sentence(figures, run.long_completions)
@@ -369,10 +374,11 @@ def _finish_dry_run(plan: RunPlan) -> None:
                 f" Reward check: the {check['rows']} references get every reward's maximum "
                 "and no wrong answer does."
             )
-    elif run.method in ("dpo", "orpo"):
-        pair = dataset_first_pair(run.dataset, run.model_family)
+    elif preference:
+        pair = dataset_preference_check(run.dataset, run.model_family, model, run.max_seq_length)
         if pair:
             run.environment = {**run.environment, "preference_pair": pair}
+            run.message += " " + pair_sentence(pair)
 
 
 def _dry_run_dataset_stats(dataset: Dataset, model, max_seq_length: int) -> dict | None:

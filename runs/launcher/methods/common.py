@@ -22,7 +22,7 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        end_turn = protocol.CHAT_TEMPLATES[family].end_turn.strip()
+        end_turn = protocol.END_OF_TURN[family]
         self.end_turn_id = self._tokenizer.token_to_id(end_turn)
         eos = hf.get("eos_token_id")
         eos = eos[0] if isinstance(eos, list) and eos else eos

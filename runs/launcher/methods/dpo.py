@@ -33,19 +33,6 @@ class Prepared:
     truncated: int
 
 
-def _lengths(pairs: list, max_seq_length: int) -> tuple[int, int]:
-    """(prompt length, answer length): the longest of each rounded up to 8, cut so that
-    together they fit max_seq_length (the prompt keeps at least half when both are long)."""
-    longest_prompt = common.round_up(max(len(p) for p, _, _ in pairs))
-    longest_answer = common.round_up(max(max(len(c), len(r)) for _, c, r in pairs))
-    prompt_len = min(longest_prompt, max(8, max_seq_length // 2))
-    response_len = min(longest_answer, max_seq_length - prompt_len)
-    prompt_len = min(longest_prompt, max_seq_length - response_len)
-    if response_len < 1 or prompt_len < 1:
-        raise LaunchError(f"max_seq_length={max_seq_length} leaves no room for an answer")
-    return prompt_len, response_len
-
-
 def prepare(config: dict) -> Prepared:
     """Read and tokenize the pairs: no JAX, so bad input fails fast."""
     from tokenizers import Tokenizer
@@ -67,11 +54,15 @@ def prepare(config: dict) -> Prepared:
 
     train_pairs = [encode(r) for r in train_rows]
     eval_pairs = [encode(r) for r in eval_rows]
-    prompt_len, response_len = _lengths(train_pairs + eval_pairs, t["max_seq_length"])
-    truncated = sum(
-        len(p) > prompt_len or max(len(c), len(r)) > response_len
-        for p, c, r in train_pairs + eval_pairs
-    )
+    pairs = train_pairs + eval_pairs
+    try:
+        prompt_len, response_len, truncated = protocol.preference_lengths(
+            [len(p) for p, _, _ in pairs],
+            [max(len(c), len(r)) for _, c, r in pairs],
+            t["max_seq_length"],
+        )
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
     if truncated:
         print(
             f"launcher: {truncated} pairs cut to {prompt_len} prompt and {response_len} "

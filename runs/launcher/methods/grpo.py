@@ -15,14 +15,14 @@ from pathlib import Path
 
 from runs import protocol
 from runs.launcher import rewards as rewards_lib
-from runs.launcher.checkpoints import complete_steps, seed_from_parent
+from runs.launcher.checkpoints import complete_steps
 from runs.launcher.data import split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.methods import common
 from runs.launcher.models import read_hf_config, resolve_model_dir
 from runs.launcher.monitor import Monitor
 
-ACTOR = "actor"  # Tunix keeps the policy's checkpoints in this subfolder
+ACTOR = protocol.ACTOR_DIRNAME  # Tunix keeps the policy's checkpoints in this subfolder
 SAMPLES_PER_EVAL = 2
 SAMPLE_CHARS = 1000
 
@@ -167,21 +167,6 @@ class RewardRecorder:
         }
 
 
-def resume_grpo(config: dict, total_steps: int, events: Events) -> int | None:
-    parent = config["resume"].get("checkpoint_dir")
-    if not parent:
-        return None
-    own = Path(config["output"]["checkpoint_dir"]) / ACTOR
-    resumed_from = seed_from_parent(Path(parent) / ACTOR, own)
-    if resumed_from >= total_steps:
-        raise LaunchError(
-            f"nothing to train: the checkpoint is at step {resumed_from} "
-            f"and the run stops at step {total_steps}"
-        )
-    events.emit(protocol.EVENT_RESUMED, from_step=resumed_from)
-    return resumed_from
-
-
 def algorithm(method: dict):
     """(learner class, its config) for the variant."""
     from tunix.rl.grpo import dapo_learner, drgrpo_learner, grpo_learner
@@ -248,13 +233,13 @@ def train(config: dict, prep: Prepared, events: Events, started: float) -> dict:
     import jax
     from flax import nnx
 
-    from runs.launcher.train import build_mesh, report_environment
+    from runs.launcher.train import build_mesh, report_environment, resume_from_parent
 
     report_environment(events)
     t, method = config["training"], config["method"]
     total = prep.total_steps
     checkpoint_dir = Path(config["output"]["checkpoint_dir"]) / ACTOR
-    resumed_from = resume_grpo(config, total, events)
+    resumed_from = resume_from_parent(config, prep, events, subfolder=ACTOR)
     tokenizer = common.TextTokenizer(prep.model_dir, prep.hf, config["model"]["family"])
     mesh = build_mesh()
     with mesh:
