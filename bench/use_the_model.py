@@ -42,6 +42,16 @@ def train(user, services):
     return run
 
 
+def stored_rows(job, timeout=60):
+    """The rows are stored from the job's file just after it ends."""
+    deadline = time.monotonic() + timeout
+    while not (rows := job.evaluation_rows.count()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no rows stored for evaluation {job.id}")
+        time.sleep(0.1)
+    return rows
+
+
 def evaluations(run, user, services, args):
     """Rows per second of each evaluation (worker start to end: loading, compiling and
     generating with both models, scoring), and its rows."""
@@ -54,7 +64,7 @@ def evaluations(run, user, services, args):
         )
         job = wait_final(job.id, timeout=1200)
         assert job.status == "completed", job.message
-        rows = job.evaluation_rows.count()
+        rows = stored_rows(job)
         rates.append((rows / (job.finished_at - job.started_at).total_seconds(), rows))
     return rates
 

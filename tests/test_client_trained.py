@@ -121,7 +121,7 @@ def test_eval_queues_with_the_settings_and_waits_for_the_scores(cli, trained):
     assert out.splitlines()[0].startswith(f"{second.id}  completed evaluation of {trained.id}")
     assert "exact_match    0.2500    0.3333" in out
     assert "better 1, worse 1, still wrong 1" in out
-    assert f"[tunixrt] {second.id} pending" in err and f"{second.id} completed" in err
+    assert f"[tunixrt] {second.id} completed" in err  # (pending before, unless it was quick)
 
 
 def test_eval_errors_are_the_servers(cli, trained, run_factory):
