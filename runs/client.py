@@ -9,6 +9,7 @@ environment:
     tunixrt submit sample-v1 local:tiny-llama3 --local --set max_steps=30 --follow
     tunixrt list --status running
     tunixrt logs RUN_ID --follow
+    tunixrt generate RUN_ID "What is 2 + 3?"    # and eval, export: runs/client_trained.py
 
 Exit status: 0 on success; 1 when the server refuses the request (the error is printed);
 2 for a usage or connection problem. `logs --follow` (and `submit --follow`) exit 0 only
@@ -26,6 +27,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from runs import client_trained
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "tunixrt-client/1"
@@ -63,7 +66,7 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, *, query=None, body=None, raw: bool = False):
+    def request(self, method: str, path: str, *, query=None, body=None, raw=False, timeout=None):
         url = f"{self.base_url}/api{path}"
         if query:
             query = {k: v for k, v in query.items() if v is not None}
@@ -80,7 +83,7 @@ class Client:
         # The scheme was checked in __init__: only http(s) URLs are opened.
         request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:  # noqa: S310
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
@@ -366,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("delete", cmd_delete, "delete a finished run with its logs and files")
     sub.add_argument("run_id", help=run_id_help)
+    client_trained.add_commands(command, run_id_help)
     return parser
 
 

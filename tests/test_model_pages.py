@@ -165,8 +165,12 @@ def test_playground_prompt_card_polls_until_answered_and_renders_the_template(cl
     assert record.generation["max_new_tokens"] == 9 and record.owner is not None
     assert 'hx-trigger="every 400ms"' in card.content.decode()
     assert "loads both models and compiles" in card.content.decode()
+    # A new prompt hides the rendered text of the one before (out of band); polls do not.
+    assert (
+        '<pre id="rendered-prompt" class="cell" hidden hx-swap-oob="true">' in card.content.decode()
+    )
     poll = client.get(f"/runs/{trained.id}/prompts/{record.id}/", headers=HTMX)
-    assert poll.status_code == 200
+    assert poll.status_code == 200 and "hx-swap-oob" not in poll.content.decode()
     PlaygroundPrompt.objects.filter(id=record.id).update(
         status="done", tuned_output="<i>tuned</i>", base_output="base", seconds=0.2
     )

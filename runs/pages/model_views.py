@@ -144,7 +144,9 @@ def playground_submit(request, run_id):
         return redirect(reverse("runs:detail", args=[run.id]) + "#playground")
     if not request.htmx:
         return redirect(reverse("runs:detail", args=[run.id]) + "#playground")
-    return render(request, "runs/model_panel.html#prompt", playground_prompt(run, record))
+    # `asked`: the card also hides the rendered prompt shown for the text asked before.
+    context = playground_prompt(run, record) | {"asked": True}
+    return render(request, "runs/model_panel.html#prompt", context)
 
 
 @login_required
