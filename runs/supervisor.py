@@ -104,6 +104,7 @@ class Supervisor:
             for pipe in (proc.stdout, proc.stderr):
                 pipe.close()
             code = proc.wait()
+            log.info("run %s: the training process exited with code %s", self.run.id, code)
         except BaseException:
             # Whatever went wrong here, the child must not go on running unwatched.
             kill_group(self.pgid, self.started, grace=0)
@@ -113,9 +114,18 @@ class Supervisor:
                 self._line(name, self.partial[name])
                 self.partial[name] = b""
         self._say_what_was_lost()
-        # The database may still be away: wait for it (bounded) so the log is complete.
-        self.gate.retry(self._flush, patience=final_patience())
+        self._store_at_the_end()
         return self._outcome(code, stop)
+
+    def _store_at_the_end(self) -> None:
+        """The last store. The database may still be away: wait for it (bounded) so the log
+        is complete. Through _store, like every other store, so an outage that ends only
+        now is said in the log too."""
+        deadline = self.gate.clock() + final_patience()
+        while not (self._store() and not any(self.pending.values())):
+            if self.gate.clock() >= deadline:
+                return
+            time.sleep(max(0.0, min(self.gate.next_try, deadline) - self.gate.clock()))
 
     def _say_what_was_lost(self) -> None:
         if self.log.dropped:
