@@ -190,3 +190,55 @@ def test_grpo_from_an_sft_result_completes_with_rewards_kl_and_samples_and_conti
     summary = of_kind(events, "summary")[0]
     assert summary["checkpoint_step"] == 4
     assert (continued_dir / "checkpoints" / "actor" / "4" / "commit_success.txt").is_file()
+
+
+@pytest.mark.tunix
+def test_a_preference_evaluation_scores_both_models_by_log_likelihood(workspace, tiny_model):
+    data = render(
+        SAMPLES / "preference-sample.jsonl", "preference", "dpo", workspace / "pref-eval.jsonl"
+    )
+    run_dir = workspace / "dpo-for-eval"
+    config = config_for(run_dir, tiny_model, data, method="dpo", max_steps=2)
+    code, _, stderr = launch(run_dir, config)
+    assert code == 0, stderr[-3000:]
+    job_dir = workspace / "pref-evaluation"
+    job_dir.mkdir()
+    job = {
+        "schema": 1,
+        "source": {
+            "model_dir": str(tiny_model),
+            "family": "llama3",
+            "checkpoint_dir": config["output"]["checkpoint_dir"],
+            "lora": config["lora"],
+        },
+        "dataset": {"path": str(data), "format": "preference", "eval_fraction": 0.1, "seed": 0},
+        "generation": {"max_rows": 50, "batch_size": 4},
+        "output": {"dir": str(job_dir), "rows": str(job_dir / "rows.jsonl")},
+    }
+    (job_dir / "config.json").write_text(json.dumps(job))
+    done = subprocess.run(
+        [sys.executable, "-m", "runs.launcher.evaluate", str(job_dir / "config.json")],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    summary = of_kind(events, "summary")[0]
+    assert summary["headline"] == "preference_accuracy" and summary["rows"] == 5  # 10% of 48
+    for which in ("tuned", "base"):
+        assert 0.0 <= summary["scores"][which]["preference_accuracy"] <= 1.0
+        assert f"generation/{which}/preference_accuracy" in metric_names(events)
+    rows = [json.loads(line) for line in (job_dir / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    share = sum(r["tuned_scores"]["preference_accuracy"] for r in rows) / len(rows)
+    assert share == summary["scores"]["tuned"]["preference_accuracy"]
+    held_out = [json.loads(line) for line in data.read_text().splitlines()]
+    first = next(r for r in held_out if r["prompt"] == rows[0]["prompt"])
+    assert rows[0]["reference"] == first["chosen"].removesuffix("<|eot_id|>")
+    assert (
+        rows[0]["tuned_output"].startswith("chosen -")
+        and " - rejected -" in rows[0]["tuned_output"]
+    )
+    assert rows[0]["tuned_output"] != rows[0]["base_output"]  # training moved the logps

@@ -235,3 +235,32 @@ def test_models_api(api, trained, settings):
     services.run_delete(run=trained)
     assert api.delete("/api/tunix/models/tiny-llama3").status_code == 204
     assert api.get("/api/tunix/models").json() == []
+
+
+def test_a_preference_dataset_is_evaluated_on_its_pairs_and_rows_classify(trained, user):
+    from runs.launcher import preference_eval
+    from runs.launcher.evaluate import reference_text
+
+    from .conftest import import_dataset
+    from .test_launcher_methods import SAMPLES
+
+    pairs = import_dataset(name="pairs", path=SAMPLES / "preference-sample.jsonl")
+    assert pairs.format == "preference"
+    job = services.evaluation_create(run=trained, owner=user, dataset=pairs)
+    assert job.config["dataset"]["format"] == "preference"
+    folder, _ = services.run_prepare(run=job)
+    rendered = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    assert len(rendered) == 60 and set(rendered[0]) == {"prompt", "chosen", "rejected"}
+    logps = {  # (chosen, rejected) per row: better, worse, still wrong
+        "tuned": [(-1.0, -2.0), (-5.0, -4.0), (-6.0, -3.0)],
+        "base": [(-3.0, -2.0), (-1.0, -4.0), (-6.0, -3.0)],
+    }
+    path = folder / services.jobs.ROWS_FILENAME
+    preference_eval._write_rows(path, rendered[:3], logps, "llama3", reference_text)
+    assert services.run_claim(run_id=job.id)
+    services.run_finish(run_id=job.id, status=RunStatus.COMPLETED, exit_code=0)
+    assert services.evaluation_store_rows(job=job) == 3
+    rows = list(job.evaluation_rows.order_by("index"))
+    assert [r.change for r in rows] == ["better", "worse", "still_wrong"]
+    assert rows[0].tuned_output == "chosen -1.000 - rejected -2.000 = +1.000"
+    assert rows[0].reference == rendered[0]["chosen"].removesuffix("<|eot_id|>")

@@ -40,3 +40,13 @@ def test_each_format_gets_its_metrics_with_the_headline_first():
         "token_f1",
     }
     assert scoring.headline("prompt_completion") == "exact_match"
+
+
+def test_preference_accuracy_is_the_share_of_pairs_whose_chosen_answer_is_likelier():
+    assert scoring.headline("preference") == "preference_accuracy"
+    assert scoring.preference_scores(-3.0, -7.5) == {"preference_accuracy": 1.0}
+    assert scoring.preference_scores(-7.5, -3.0) == {"preference_accuracy": 0.0}
+    assert scoring.preference_scores(-2.0, -2.0) == {"preference_accuracy": 0.0}  # a tie
+    pairs = [(-1.0, -2.0), (-5.0, -4.0), (-0.5, -9.0), (-3.0, -3.0)]
+    assert scoring.preference_accuracy(pairs) == 0.5
+    assert scoring.preference_accuracy([]) == 0.0

@@ -7,6 +7,8 @@ row to output.rows; the scores go out as metric events (step 0) and in the summa
 Config: {"schema", "source": {model_dir, family, checkpoint_dir, lora, ...}, "dataset": {path,
 format, eval_fraction, seed}, "generation": {max_rows, batch_size, max_new_tokens, temperature,
 top_p, seed}, "output": {"rows": path}}.
+
+A `preference` dataset is scored without generation instead: runs.launcher.preference_eval.
 """
 
 import json
@@ -64,6 +66,10 @@ def evaluate(config: dict, events: Events) -> dict:
 
     source, generation = config["source"], config.get("generation") or {}
     family, fmt = source["family"], config["dataset"].get("format", "prompt_completion")
+    if fmt == "preference":
+        from runs.launcher import preference_eval
+
+        return preference_eval.evaluate(config, events, reference_text)
     settings = Settings.from_dict(generation)
     max_rows = int(generation.get("max_rows", 50))
     batch = max(1, int(generation.get("batch_size", 8)))

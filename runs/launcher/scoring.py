@@ -6,7 +6,9 @@ extraction, not two).
 Metrics, each in [0, 1] per row:
 - answer_match: the final answer extracted from both texts is the same (reasoning traces);
 - exact_match: the normalised texts are equal;
-- token_f1: F1 over the normalised word tokens (SQuAD style).
+- token_f1: F1 over the normalised word tokens (SQuAD style);
+- preference_accuracy (preference pairs, no generation): the model gives the chosen answer a
+  higher summed log-probability than the rejected one.
 """
 
 import re
@@ -28,6 +30,7 @@ FORMAT_METRICS = {
     "reasoning": ("answer_match", "token_f1"),
     "prompt_completion": ("exact_match", "token_f1"),
     "messages": ("exact_match", "token_f1"),
+    "preference": ("preference_accuracy",),
 }
 
 
@@ -93,3 +96,16 @@ def score(output: str, reference: str, fmt: str) -> dict[str, float]:
 
 def headline(fmt: str) -> str:
     return FORMAT_METRICS.get(fmt, ("exact_match",))[0]
+
+
+def preference_scores(chosen_logp: float, rejected_logp: float) -> dict[str, float]:
+    """A preference row's scores: 1.0 when the chosen answer is the likelier one (a tie is
+    no preference), so the row classifies as better/worse/still right/still wrong."""
+    return {"preference_accuracy": float(chosen_logp > rejected_logp)}
+
+
+def preference_accuracy(pairs: list[tuple[float, float]]) -> float:
+    """The share of (chosen logp, rejected logp) pairs whose chosen answer is the likelier."""
+    if not pairs:
+        return 0.0
+    return sum(preference_scores(c, r)["preference_accuracy"] for c, r in pairs) / len(pairs)

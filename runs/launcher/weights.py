@@ -251,3 +251,38 @@ def logits(model, token_rows: list[list[int]]):
     mask = jnp.broadcast_to(causal, (len(token_rows), length, length))
     out, _ = model(jnp.asarray(tokens), positions, None, mask)
     return np.asarray(jax.device_get(out), dtype=np.float32)
+
+
+def answer_logps(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8):
+    """The summed log-probability of each answer given its prompt, for (prompt ids, answer
+    ids) pairs: one forward pass per batch, right-padded to one shape (one compilation); an
+    answer's first token is scored only when a prompt token comes before it."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    length = max(8, -(-max(len(p) + len(a) for p, a in pairs) // 8) * 8)
+    batch_size = max(1, min(batch_size, len(pairs)))
+
+    @nnx.jit
+    def sums(model, tokens, scored):
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
+        causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+        mask = jnp.broadcast_to(causal, (tokens.shape[0], length, length))
+        out, _ = model(tokens, positions, None, mask)
+        logp = jax.nn.log_softmax(out[:, :-1].astype(jnp.float32), axis=-1)
+        picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+        return jnp.sum(picked * scored[:, 1:], axis=-1)
+
+    results: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        tokens = np.zeros((batch_size, length), dtype=np.int32)
+        scored = np.zeros((batch_size, length), dtype=np.float32)
+        for i, (prompt, answer) in enumerate(chunk):
+            tokens[i, : len(prompt) + len(answer)] = list(prompt) + list(answer)
+            scored[i, max(1, len(prompt)) : len(prompt) + len(answer)] = 1.0
+        values = np.asarray(jax.device_get(sums(model, jnp.asarray(tokens), jnp.asarray(scored))))
+        results += [float(v) for v in values[: len(chunk)]]
+    return results

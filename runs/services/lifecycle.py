@@ -17,6 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from .. import protocol, slots, storage, training
+from ..datasets.rendering import default_method
 from ..datasets.services import dataset_render_to
 from ..errors import Conflict
 from ..models import ACTIVE_STATUSES, FINAL_STATUSES, RunKind, RunMode, RunStatus, TunixRun
@@ -152,7 +153,9 @@ def run_prepare(*, run: TunixRun) -> tuple[Path, dict[str, str]]:
         if run.dataset is None:
             raise ValueError(f"dataset {run.dataset_key} no longer exists")
         rendered = output_path / protocol.TRAIN_DATA_FILENAME
-        dataset_render_to(run.dataset, run.model_family, rendered, run.method)
+        # An evaluation renders as the format is scored: preference pairs as DPO reads them.
+        method = run.method if run.kind == RunKind.TRAIN else default_method(run.dataset.format)
+        dataset_render_to(run.dataset, run.model_family, rendered, method)
     config_path = output_path / protocol.CONFIG_FILENAME
     # This host's paths; with an object store, the parent's step is downloaded first.
     config = storage.run_localized(run)
