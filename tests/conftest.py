@@ -138,6 +138,13 @@ def no_evaluation_after_runs(settings):
 
 
 @pytest.fixture(autouse=True)
+def no_dry_run_rate_limit(settings):
+    """Tests create many dry-runs a minute; the limit itself is tested with its own value
+    (tests/test_dry_run_limits.py)."""
+    settings.DRY_RUNS_PER_MINUTE = 0
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2's deliberate slowness costs a second per user on a busy machine; tests check
     who may do what, not how passwords are hashed."""

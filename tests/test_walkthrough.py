@@ -117,7 +117,8 @@ def test_the_first_hour_in_a_browser_on_real_tunix(
     expect(page.locator("h1")).to_contain_text("first (continued)")
     expect(page.locator("#parent-link")).to_have_attribute("href", f"/runs/{first}/")
     expect(page.locator("#run-status")).to_have_text("Completed", timeout=TRAINING)
-    expect(page.locator("#log-lines")).to_contain_text(f"Train step {STEPS} eval loss")
+    # The launcher states each evaluation (one per-token definition, see README).
+    expect(page.locator("#log-lines")).to_contain_text(f"step {STEPS} eval loss")
     expect(page.locator("#log-lines")).not_to_contain_text("No eval examples found")
     expect(page.locator("#loss-chart")).to_contain_text("parent train")
     shot(page, "06-continued")

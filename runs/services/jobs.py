@@ -236,6 +236,12 @@ def _change(base: float, tuned: float) -> str:
     return EvaluationRow.Change.STILL_RIGHT if tuned >= 1.0 else EvaluationRow.Change.STILL_WRONG
 
 
+def db_text(value) -> str:
+    """Text a model generated, storable in any database: PostgreSQL text cannot hold NUL,
+    which a byte-level tokenizer can decode from a random model's output."""
+    return str(value).replace("\x00", "\ufffd")
+
+
 def evaluation_store_rows(*, job: TunixRun) -> int:
     """Read the rows file the evaluation wrote into the database (once)."""
     if EvaluationRow.objects.filter(evaluation=job).exists():
@@ -255,10 +261,10 @@ def evaluation_store_rows(*, job: TunixRun) -> int:
                 EvaluationRow(
                     evaluation=job,
                     index=record["index"],
-                    prompt=record["prompt"],
-                    reference=record["reference"],
-                    base_output=record["base_output"],
-                    tuned_output=record["tuned_output"],
+                    prompt=db_text(record["prompt"]),
+                    reference=db_text(record["reference"]),
+                    base_output=db_text(record["base_output"]),
+                    tuned_output=db_text(record["tuned_output"]),
                     base_scores=record["base_scores"],
                     tuned_scores=record["tuned_scores"],
                     base_score=base,

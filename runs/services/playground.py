@@ -16,7 +16,7 @@ from .. import playground_server, protocol
 from ..errors import InvalidInput
 from ..models import PlaygroundPrompt, TunixRun
 from ..processes import this_host
-from .jobs import _check_source, _source_section, generation_settings
+from .jobs import _check_source, _source_section, db_text, generation_settings
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,13 @@ def prompt_answer(*, prompt_id) -> str:
     if reply.get("ok"):
         fields.update(
             status=PlaygroundPrompt.Status.DONE,
-            tuned_output=str(reply.get("tuned", "")),
-            base_output=str(reply.get("base", "")),
+            tuned_output=db_text(reply.get("tuned", "")),
+            base_output=db_text(reply.get("base", "")),
             cold=bool(reply.get("cold")),
         )
     else:
-        fields.update(status=PlaygroundPrompt.Status.FAILED, error=str(reply.get("error"))[:4000])
+        error = db_text(reply.get("error"))[:4000]
+        fields.update(status=PlaygroundPrompt.Status.FAILED, error=error)
     PlaygroundPrompt.objects.filter(id=record.id, status=PlaygroundPrompt.Status.PENDING).update(
         **fields
     )
