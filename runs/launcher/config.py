@@ -29,14 +29,19 @@ def _number(section: dict, key: str, where: str, kind=float, default=None, minim
     return value
 
 
-def load_config(path: str) -> dict:
-    """Read and check the config file, returning it with defaults filled in."""
+def read_json(path: str):
+    """The JSON value of a config file, or the launch fails saying why."""
     try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LaunchError(f"config file {path} does not exist") from None
     except (OSError, ValueError) as exc:
         raise LaunchError(f"config file {path} is not readable JSON: {exc}") from None
+
+
+def load_config(path: str) -> dict:
+    """Read and check the config file, returning it with defaults filled in."""
+    config = read_json(path)
     if not isinstance(config, dict):
         raise LaunchError("config file must hold a JSON object")
     if config.get("schema") != protocol.SCHEMA_VERSION:

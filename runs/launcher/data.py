@@ -9,9 +9,9 @@ from runs import protocol
 from runs.launcher.events import LaunchError
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of the training file: {"messages": [...]} conversations (what the web side
-    writes), or {"prompt", "completion"} text already rendered (prompt masked)."""
+def read_jsonl(path: Path, accepts, refusal: str) -> list[dict]:
+    """The rendered rows of a training file, one JSON value a line: each must pass `accepts`,
+    else the launch fails with "dataset line N " + `refusal`. Blank lines are skipped."""
     if not path.is_file():
         raise LaunchError(f"dataset file {path} does not exist")
     rows = []
@@ -23,15 +23,33 @@ def read_rows(path: Path) -> list[dict]:
                 row = json.loads(line)
             except ValueError:
                 raise LaunchError(f"dataset line {number} is not valid JSON") from None
-            if not (_is_conversation(row) or _is_rendered(row)):
-                raise LaunchError(
-                    f"dataset line {number} is neither a conversation ('messages' ending "
-                    "with an assistant turn) nor an object with string 'prompt' and 'completion'"
-                )
+            if not accepts(row):
+                raise LaunchError(f"dataset line {number} {refusal}")
             rows.append(row)
     if not rows:
         raise LaunchError(f"dataset file {path} holds no rows")
     return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of the training file: {"messages": [...]} conversations (what the web side
+    writes), or {"prompt", "completion"} text already rendered (prompt masked)."""
+    return read_jsonl(
+        path,
+        lambda row: _is_conversation(row) or _is_rendered(row),
+        "is neither a conversation ('messages' ending with an assistant turn) nor an object "
+        "with string 'prompt' and 'completion'",
+    )
+
+
+def read_fields(path: Path, keys: tuple[str, ...]) -> list[dict]:
+    """The rendered rows, each an object with these string fields (DPO, GRPO, evaluation)."""
+    fields = ", ".join(f"'{k}'" for k in keys)
+    return read_jsonl(
+        path,
+        lambda row: isinstance(row, dict) and all(isinstance(row.get(k), str) for k in keys),
+        f"is not an object with string {fields}",
+    )
 
 
 def _is_conversation(row) -> bool:

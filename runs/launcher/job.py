@@ -2,24 +2,18 @@
 job config, set up the events and logging, run the work, and map failures to the protocol's
 error line and exit code exactly as training does (runs.launcher.__main__)."""
 
-import json
 import sys
 import time
 import traceback
 import warnings
-from pathlib import Path
 
 from runs import protocol
+from runs.launcher.config import read_json
 from runs.launcher.events import Events, LaunchError, one_line, take_over_stdout
 
 
 def read_job_config(path: str) -> dict:
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LaunchError(f"config file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"config file {path} is not readable JSON: {exc}") from None
+    config = read_json(path)
     if not isinstance(config, dict) or config.get("schema") != protocol.SCHEMA_VERSION:
         raise LaunchError(
             f"config file {path} is not a job config of schema {protocol.SCHEMA_VERSION}"

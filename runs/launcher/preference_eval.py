@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from runs import protocol
-from runs.launcher.data import split_rows
+from runs.launcher.data import read_fields, split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.scoring import headline, preference_accuracy, preference_scores
 
@@ -20,9 +20,8 @@ MAX_ANSWER_TOKENS = 1024
 
 
 def preference_rows(dataset: dict, max_rows: int) -> list[dict]:
-    from runs.launcher.methods.common import read_jsonl
 
-    rows = read_jsonl(Path(dataset["path"]), ("prompt", "chosen", "rejected"))
+    rows = read_fields(Path(dataset["path"]), ("prompt", "chosen", "rejected"))
     fraction = float(dataset.get("eval_fraction") or 0)
     if fraction > 0:
         _, rows = split_rows(rows, fraction, int(dataset.get("seed", 0)))

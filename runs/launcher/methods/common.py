@@ -213,28 +213,6 @@ def round_up(n: int, multiple: int = 8) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
-    """The rendered rows, each an object with these string fields."""
-    if not path.is_file():
-        raise LaunchError(f"dataset file {path} does not exist")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise LaunchError(f"dataset line {number} is not valid JSON") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in keys):
-                fields = ", ".join(f"'{k}'" for k in keys)
-                raise LaunchError(f"dataset line {number} is not an object with string {fields}")
-            rows.append(row)
-    if not rows:
-        raise LaunchError(f"dataset file {path} holds no rows")
-    return rows
-
-
 def epoch_order(count: int, batch_size: int, seed: int, epoch: int) -> list[int]:
     """A reproducible shuffled order, wrapped round to whole batches (resume replays it)."""
     import random

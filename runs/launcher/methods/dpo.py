@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runs import protocol
 from runs.launcher.checkpoints import complete_steps
-from runs.launcher.data import split_rows
+from runs.launcher.data import read_fields, split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.methods import common
 from runs.launcher.models import read_hf_config, resolve_model_dir
@@ -41,7 +41,7 @@ def prepare(config: dict) -> Prepared:
     model_dir = resolve_model_dir(model_cfg)
     hf = read_hf_config(model_dir, model_cfg["family"])
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    rows = common.read_jsonl(Path(config["dataset"]["path"]), ("prompt", "chosen", "rejected"))
+    rows = read_fields(Path(config["dataset"]["path"]), ("prompt", "chosen", "rejected"))
     split_seed = config["dataset"].get("split_seed", t["seed"])
     train_rows, eval_rows = split_rows(rows, config["dataset"]["eval_fraction"], split_seed)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from runs import protocol
 from runs.launcher import rewards as rewards_lib
 from runs.launcher.checkpoints import complete_steps
-from runs.launcher.data import split_rows
+from runs.launcher.data import read_fields, split_rows
 from runs.launcher.events import Events, LaunchError
 from runs.launcher.methods import common
 from runs.launcher.models import read_hf_config, resolve_model_dir
@@ -50,7 +50,7 @@ def prepare(config: dict) -> Prepared:
         rewards_lib.build_rewards(settings)
     except rewards_lib.RewardError as exc:
         raise LaunchError(str(exc)) from None
-    rows = common.read_jsonl(Path(config["dataset"]["path"]), ("prompt", "answer"))
+    rows = read_fields(Path(config["dataset"]["path"]), ("prompt", "answer"))
     for row in rows:
         row["answer"] = rewards_lib.reference_answer(row["answer"], settings.extraction)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
