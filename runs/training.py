@@ -276,6 +276,19 @@ def launcher_environment() -> dict[str, str]:
         "HF_DATASETS_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TF_CPP_MIN_LOG_LEVEL": "1",
+        **compile_cache_environment(),
+    }
+
+
+def compile_cache_environment() -> dict[str, str]:
+    """JAX's persistent compilation cache for the children of this host (settings say why).
+    Every compiled program is kept, however quick: a tiny model's are, and they add up."""
+    if not settings.COMPILE_CACHE_DIR:
+        return {}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": settings.COMPILE_CACHE_DIR,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
 
 

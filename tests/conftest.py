@@ -1,9 +1,11 @@
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,6 +102,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"{what} ({variable}=1).",
             yellow=True,
         )
+
+
+def pytest_sessionstart(session):
+    """One JAX compilation cache for the whole session, as a host has one (module fixtures
+    see it too): the tests that train the same tiny shapes compile them once, which halves a
+    tiny launch. Removed at the end."""
+    from django.conf import settings
+
+    settings.COMPILE_CACHE_DIR = tempfile.mkdtemp(prefix="tunixrt-test-compile-cache-")
+
+
+def pytest_sessionfinish(session):
+    from django.conf import settings
+
+    if "tunixrt-test-compile-cache-" in settings.COMPILE_CACHE_DIR:
+        shutil.rmtree(settings.COMPILE_CACHE_DIR, ignore_errors=True)
 
 
 def wait_for(predicate, *, timeout=30.0, interval=0.05, message="condition"):
@@ -349,6 +367,7 @@ def start_cluster(settings, tmp_path, transactional_db):
             "TUNIXRT_ARTIFACTS_DIR": str(settings.ARTIFACTS_DIR),
             "TUNIXRT_DATASETS_DIR": str(settings.DATASETS_DIR),
             "TUNIXRT_MODELS_DIR": str(settings.MODELS_DIR),
+            "TUNIXRT_COMPILE_CACHE_DIR": settings.COMPILE_CACHE_DIR,
             "TUNIXRT_MAX_CONCURRENT_RUNS": str(workers),
             "TUNIXRT_HEARTBEAT_SECONDS": "1",
             "TUNIXRT_HEARTBEAT_STALE_SECONDS": "4",

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from runs import protocol, services, storage, supervisor
+from runs import protocol, services, storage, supervisor, training
 from runs.models import LogChunk, RunStatus, TunixRun
 
 pytestmark = pytest.mark.django_db
@@ -109,3 +109,12 @@ def test_the_output_archive_holds_the_runs_files_and_no_symlinked_outsiders(
     assert storage.run_checkpoints(run) == [
         {"step": 10, "complete": True, "path": "checkpoints/10"}
     ]
+
+
+def test_training_children_share_the_hosts_compilation_cache_unless_it_is_off(settings):
+    settings.COMPILE_CACHE_DIR = "/srv/tunixrt/compile-cache"
+    env = training.launcher_environment()
+    assert env["JAX_COMPILATION_CACHE_DIR"] == "/srv/tunixrt/compile-cache"
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    settings.COMPILE_CACHE_DIR = ""
+    assert not any(k.startswith("JAX_") for k in training.launcher_environment())

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from runs import training
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 240
 
@@ -41,6 +43,7 @@ def child_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_DATASETS_OFFLINE"] = "1"
+    env.update(training.compile_cache_environment())
     return env
 
 

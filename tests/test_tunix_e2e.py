@@ -111,11 +111,14 @@ def test_a_broken_model_path_fails_with_the_launchers_reason(
 
 
 def test_resume_continues_from_the_parents_last_checkpoint(
-    dataset, tiny_model, start_cluster, user, run_factory
+    dataset, tiny_model, start_cluster, user, run_factory, tmp_path
 ):
-    start_cluster(workers=1)
+    # A compilation cache of its own: the parent fills it, the child (same shapes) reads it.
+    cache = tmp_path / "compile-cache"
+    start_cluster(workers=1, TUNIXRT_COMPILE_CACHE_DIR=str(cache))
     parent = finished(run_factory(mode="local", model_id=tiny_model, **TRAIN).id)
     assert parent.status == RunStatus.COMPLETED, parent.message
+    assert cache.is_dir() and len(list(cache.iterdir())) > 10
     child = services.run_resume(run=parent, owner=user, max_steps=20)
     assert child.parent_id == parent.id and child.resume_from_step == 12
     child = finished(child.id)
