@@ -191,16 +191,20 @@ def localize(run, local: Path, parent_local: Path | None) -> dict:
             for name, value in (config.get(section) or {}).items():
                 config[section][name] = _moved(value, old, str(local))
         run.command = [_moved(arg, old, str(local)) for arg in run.command]
-    if isinstance(config.get("source"), dict) and run.source is not None and artifacts():
-        staged = stage_source(run.source.output_dir, run.source.method, run.id)
-        config["source"] |= staged or {}
-    resume = config.get("resume") or {}
-    if run.parent is None or not resume.get("checkpoint_dir"):
-        return config
-    target = parent_local / protocol.CHECKPOINTS_DIRNAME
-    if artifacts():
-        target = staging_folder(run.id) / target.name
-        stage_parent_checkpoint(run.parent.output_dir, target, method=run.parent.method)
+    try:
+        if isinstance(config.get("source"), dict) and run.source is not None and artifacts():
+            staged = stage_source(run.source.output_dir, run.source.method, run.id)
+            config["source"] |= staged or {}
+        resume = config.get("resume") or {}
+        if run.parent is None or not resume.get("checkpoint_dir"):
+            return config
+        target = parent_local / protocol.CHECKPOINTS_DIRNAME
+        if artifacts():
+            target = staging_folder(run.id) / target.name
+            stage_parent_checkpoint(run.parent.output_dir, target, method=run.parent.method)
+    except Exception as exc:  # the store is away or refuses: the run fails to prepare
+        shutil.rmtree(staging_folder(run.id), ignore_errors=True)
+        raise OSError(f"reading a checkpoint from the object store failed: {exc}") from exc
     config["resume"] = {**resume, "checkpoint_dir": str(target)}
     return config
 

@@ -151,3 +151,23 @@ def test_evaluation_export_and_playground_read_the_checkpoint_from_the_bucket(
     assert not (worker_artifacts / "runs").exists() or local_files(worker_artifacts / "runs") == []
     services.run_delete(run=run)
     assert bucket_keys(object_store, "artifacts/") == []
+
+
+@pytest.mark.django_db
+def test_a_store_that_is_away_fails_the_job_s_preparation_and_leaves_no_staging(
+    settings, monkeypatch, run_factory
+):
+    from .test_objectstore import free_port
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    source, job = run_factory(), run_factory()
+    settings.ARTIFACTS_URL = f"s3://{BUCKET}/artifacts"
+    settings.S3_ENDPOINT_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    job.source = source
+    job.config = {**job.config, "source": {"checkpoint_dir": "/elsewhere/checkpoints"}}
+    with pytest.raises(OSError, match="object store"):
+        storage.run_localized(job)
+    assert not (Path(settings.ARTIFACTS_DIR) / "staging" / str(job.id)).exists()
