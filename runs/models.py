@@ -255,6 +255,13 @@ class TunixRun(models.Model):
                 name="run_pending_oldest",
                 condition=Q(status="pending"),
             ),
+            # The reaper's requeue of pending runs whose wake-up was lost: UPDATE ... WHERE
+            # status = 'pending' AND mode = 'local' AND enqueued_at < ?.
+            models.Index(
+                fields=["enqueued_at"],
+                name="run_pending_enqueued",
+                condition=Q(status="pending"),
+            ),
             # Retention: finished runs by age.
             models.Index(fields=["finished_at"], name="run_finished"),
             # A run's evaluations and exports: WHERE source_id = ? AND kind = ? ORDER BY

@@ -1,13 +1,13 @@
 """Run folders and dataset files in an object store (`s3://bucket/prefix`, any S3-compatible
 service, or `gs://bucket/prefix`), for hosts that share no mount. Only runs/storage.py
-imports this module: it stays the one place that owns files, and chooses this backend when
-TUNIXRT_ARTIFACTS_URL / TUNIXRT_DATASETS_URL name a store.
+(and runs/publishing.py, the worker's side) imports this module: storage stays the one place
+that owns files, and chooses this backend when TUNIXRT_ARTIFACTS_URL / TUNIXRT_DATASETS_URL
+name a store.
 
 How a run uses it (see README, "Object store"): the launcher writes into the worker's local
-scratch folder (TUNIXRT_ARTIFACTS_DIR) as it always did; a publisher thread uploads each
-checkpoint step once Orbax marks it complete, and the whole folder when the run ends (then
-removes the scratch copy). A resumed run gets its parent's newest complete step downloaded
-first. The web process lists, streams and deletes through `Store`.
+scratch folder (TUNIXRT_ARTIFACTS_DIR) as it always did and the worker publishes it
+(runs/publishing.py); the web process lists, streams and deletes through `Store`, and
+retention sweeps the prefixes no run owns.
 
 Confinement: every key is built by `Store.key` from a relative path whose segments are
 checked (no `..`, no empty or hidden segment, no backslash or NUL) under the configured
@@ -16,15 +16,12 @@ prefix, so no request can name an object outside it."""
 from __future__ import annotations
 
 import contextlib
-import copy
+import datetime
 import functools
 import logging
 import os
 import re
-import shutil
-import stat
 import tarfile
-import threading
 from pathlib import Path
 
 from django.conf import settings
@@ -40,8 +37,6 @@ SCHEMES = ("s3", "gs")
 # Names training may write (Orbax's `_CHECKPOINT_METADATA`, `ocdbt.process_0`, ...): no
 # hidden names, no `..`, no separators inside a segment. The same rule as storage's.
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@=+-]{0,254}$")
-# How often the publisher looks for newly completed checkpoint steps.
-PUBLISH_POLL_SECONDS = 3.0
 
 
 class UnsafeKey(ValueError):
@@ -107,6 +102,37 @@ class Store:
             rows.append((name[len(base) + 1 :], int(info.get("size") or 0)))
         return sorted(rows)
 
+    def folders(self, relative: str) -> list[str]:
+        """Names of the folders (common prefixes) directly under `relative`."""
+        base = self.key(relative)
+        try:
+            entries = self.fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            for entry in entries
+            if entry.get("type") == "directory"
+        )
+
+    def usage(self, relative: str) -> tuple[int, float | None]:
+        """(bytes, when the newest object was written, as a timestamp) under `relative`;
+        the time is None when there is no object or the store does not say."""
+        base = self.key(relative)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return 0, None
+        size, times = 0, []
+        for name, info in found.items():
+            name = name.removeprefix(f"{self.scheme}://")
+            if info.get("type") == "directory" or not name.startswith(base + "/"):
+                continue
+            size += int(info.get("size") or 0)
+            times.append(_modified(info))
+        known = [t for t in times if t is not None]
+        return size, (max(known) if known and len(known) == len(times) else None)
+
     def open(self, relative: str):
         try:
             return self.fs.open(self.key(relative), "rb")
@@ -144,6 +170,18 @@ class Store:
             part.unlink(missing_ok=True)
             raise NotFound(f"{relative} is not in the object store") from exc
         os.replace(part, local)
+
+
+def _modified(info: dict) -> float | None:
+    """An object's modification time from a listing: s3fs says LastModified (a datetime),
+    gcsfs `updated` (ISO 8601 text)."""
+    value = info.get("LastModified") or info.get("updated") or info.get("mtime")
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    return float(value) if isinstance(value, int | float) else None
 
 
 @functools.cache
@@ -254,155 +292,26 @@ def run_archive(output_dir: str, name: str, *, under: str = ""):
     yield spool.take()
 
 
-# --- the worker side: staging a parent's checkpoint, publishing a run's folder -------------
-
-
-def stage_parent_checkpoint(
-    parent_output_dir: str, target: Path, *, method: str = "sft"
-) -> int | None:
-    """Download the parent run's newest complete checkpoint step into `target/<step>`
-    (`target/actor/<step>` for GRPO, where its launcher looks); the step, or None when the
-    store holds no complete step of it."""
-    store = artifacts()
-    under = protocol.checkpoint_folder(method)
-    complete = [r for r in run_checkpoints(parent_output_dir, under=under) if r["complete"]]
-    if not complete:
-        return None
-    step = complete[0]["step"]
-    prefix = f"{parent_output_dir}/{under}/{step}"
-    local = target.joinpath(*under.split("/")[1:], str(step))
-    for relative, _size in store.files(prefix):
-        store.get(f"{prefix}/{relative}", local / relative)
-    return step
-
-
-def _local_files(root: Path):
-    """(path, relative) of the regular, single-link files under `root`; symlinks are
-    neither followed nor uploaded (the same rule as storage.servable)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            with contextlib.suppress(OSError):
-                info = path.lstat()
-                if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-                    yield path, path.relative_to(root).as_posix()
-
-
-class Publisher:
-    """Uploads a run's folder from the worker's scratch copy while the run trains (each
-    checkpoint step once it is complete) and when it ends (everything, then objects the run
-    removed locally, e.g. pruned steps, are removed from the store too). The scratch copy is
-    removed only once everything is uploaded; on an upload error it stays, and says so."""
-
-    def __init__(self, local: Path, output_dir: str):
-        self.local, self.output_dir = local, output_dir
-        self.store = artifacts()
-        self.sent: set[int] = set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="publish", daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop.set()
-        self.thread.join()
-        self.finish()
-
-    def _loop(self) -> None:
-        while not self.stop.wait(PUBLISH_POLL_SECONDS):
-            try:
-                self.publish_steps()
-            except Exception:  # the store is away: the final upload tries again
-                log.exception("uploading checkpoints of %s failed", self.output_dir)
-
-    def publish_steps(self) -> list[int]:
-        folder = self.local / protocol.CHECKPOINTS_DIRNAME
-        if not folder.is_dir():
-            return []
-        done = []
-        for child in sorted(folder.iterdir()):
-            marker = child / protocol.CHECKPOINT_COMPLETE_MARKER
-            if not child.name.isdigit() or int(child.name) in self.sent or not marker.is_file():
-                continue
-            base = f"{self.output_dir}/{protocol.CHECKPOINTS_DIRNAME}/{child.name}"
-            files = sorted(_local_files(child), key=lambda f: f[1] == marker.name)
-            for path, relative in files:  # the marker last: complete only once all is there
-                self.store.put(path, f"{base}/{relative}")
-            self.sent.add(int(child.name))
-            done.append(int(child.name))
-        return done
-
-    def finish(self) -> bool:
-        """Upload the whole folder, mirror deletions, remove the scratch copy."""
-        if not self.local.is_dir():
-            return True
-        try:
-            local = dict((rel, path) for path, rel in _local_files(self.local))
-            marker = protocol.CHECKPOINT_COMPLETE_MARKER
-            for relative in sorted(local, key=lambda r: r.endswith("/" + marker)):
-                self.store.put(local[relative], f"{self.output_dir}/{relative}")
-            stale = [r for r, _ in self.store.files(self.output_dir) if r not in local]
-            for relative in stale:
-                self.store.remove_object(f"{self.output_dir}/{relative}")
-        except Exception:
-            log.exception("uploading %s failed; its scratch copy stays", self.output_dir)
-            return False
-        shutil.rmtree(self.local, ignore_errors=True)
-        return True
-
-
 # --- what runs/storage.py hands on to the services ------------------------------------------
-
-
-def _moved(value, old: str, new: str):
-    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-        return new + value[len(old) :]
-    return value
-
-
-def localize(run, local: Path, parent_local: Path | None) -> dict:
-    """The run's config for this host. The recorded paths are those of the host that planned
-    the run; a worker that does not mount that folder at the same path writes into its own
-    (`local`), so the config's folders and the command's config path move there (`run.command`
-    in memory only). A resumed run reads its parent's checkpoint from `parent_local`, or,
-    with a store, from the parent's newest complete step downloaded into staging/<run id>."""
-    config = copy.deepcopy(run.config)
-    old = (config.get("output") or {}).get("dir")
-    if old and old != str(local):
-        for section in ("dataset", "output"):
-            for name, value in (config.get(section) or {}).items():
-                config[section][name] = _moved(value, old, str(local))
-        run.command = [_moved(arg, old, str(local)) for arg in run.command]
-    resume = config.get("resume") or {}
-    if run.parent is None or not resume.get("checkpoint_dir"):
-        return config
-    target = parent_local / protocol.CHECKPOINTS_DIRNAME
-    if artifacts():
-        target = Path(settings.ARTIFACTS_DIR) / "staging" / str(run.id) / target.name
-        stage_parent_checkpoint(run.parent.output_dir, target, method=run.parent.method)
-    config["resume"] = {**resume, "checkpoint_dir": str(target)}
-    return config
-
-
-@contextlib.contextmanager
-def publishing(local: Path, output_dir: str, run_id):
-    if not artifacts():
-        yield
-        return
-    try:
-        with Publisher(local, output_dir):
-            yield
-    finally:
-        shutil.rmtree(Path(settings.ARTIFACTS_DIR) / "staging" / str(run_id), ignore_errors=True)
 
 
 def stored_folder_remove(relative: str) -> int:
     """Remove a run folder's objects from the store (0 without one); the bytes freed."""
     store = artifacts()
     return store.remove(relative) if store else 0
+
+
+def stored_run_folders() -> list[str]:
+    """The `runs/<name>` prefixes in the artifacts store ([] without one): the candidates of
+    retention's orphan sweep, which checks each against the runs."""
+    store = artifacts()
+    return [f"runs/{name}" for name in store.folders("runs")] if store else []
+
+
+def stored_folder_usage(relative: str) -> tuple[int, float | None]:
+    """(bytes, newest object's timestamp) of a folder's objects; (0, None) without a store."""
+    store = artifacts()
+    return store.usage(relative) if store else (0, None)
 
 
 def dataset_fetch(path: Path, relative: str, size: int) -> Path:

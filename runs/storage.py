@@ -18,13 +18,26 @@ from typing import Any
 
 from django.conf import settings
 
-from . import objectstore, protocol
+from . import objectstore, protocol, publishing
 from .archives import Spool, add_in_blocks
-from .objectstore import dataset_publish, dataset_unpublish, stored_folder_remove
-
-__all__ = ["dataset_publish", "dataset_unpublish", "stored_folder_remove"]
 from .errors import Conflict, NotFound
-from .models import Dataset, TunixRun
+from .folder_tree import Budget, files_under, folder_node, real_folder, step_summaries
+from .models import Dataset, RunKind, TunixRun
+from .objectstore import (
+    dataset_publish,
+    dataset_unpublish,
+    stored_folder_remove,
+    stored_folder_usage,
+    stored_run_folders,
+)
+
+__all__ = [
+    "dataset_publish",
+    "dataset_unpublish",
+    "stored_folder_remove",
+    "stored_folder_usage",
+    "stored_run_folders",
+]
 
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Files that training wrote (Orbax uses names like `_CHECKPOINT_METADATA`): looser, for
@@ -146,7 +159,7 @@ def run_checkpoints(run: TunixRun) -> list[dict[str, Any]]:
     if objectstore.artifacts():
         return objectstore.run_checkpoints(run.output_dir, under=under)
     try:
-        root = _real_folder(run_output_path(run), under)
+        root = real_folder(run_output_path(run), under)
     except UnsafePath:
         return []
     found = [
@@ -312,101 +325,8 @@ def folder_size(path: Path) -> int:
 
 
 # --- the run page's view of a run's folder --------------------------------------------------
-# (Added beside run_output_files and run_output_archive, which the API still uses.)
-
-
-def _real_folder(root: Path, relative: str) -> Path | None:
-    """`root/relative` when it and each folder on the way is a real folder (no symlink)."""
-    folder = root
-    for part in relative.split("/"):
-        folder = folder / part
-        if folder.is_symlink() or not folder.is_dir():
-            return None
-    return folder
-
-
-def _files_under(folder: Path):
-    """(path, size) of the regular files under `folder`, sorted; symlinks are neither
-    followed nor listed."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            try:
-                info = path.lstat()
-            except OSError:
-                continue
-            if stat.S_ISREG(info.st_mode):
-                yield path, info.st_size
-
-
-def _step_summaries(root: Path, under: str) -> list[dict[str, Any]]:
-    """Each checkpoint step folder as one row: step, complete, size, files, newest first."""
-    folder = _real_folder(root, under)
-    if folder is None:
-        return []
-    rows = []
-    for child in folder.iterdir():
-        if child.name.isdigit() and not child.is_symlink() and child.is_dir():
-            sizes = [size for _, size in _files_under(child)]
-            rows.append(
-                {
-                    "step": int(child.name),
-                    "complete": (child / protocol.CHECKPOINT_COMPLETE_MARKER).is_file(),
-                    "size": sum(sizes),
-                    "files": len(sizes),
-                    "path": f"{under}/{child.name}",
-                }
-            )
-    return sorted(rows, key=lambda row: row["step"], reverse=True)
-
-
-class _Budget:
-    """How many more entries a listing may look at (a folder of 100,000 files must not
-    make the run page slow); `exhausted` once it ran out."""
-
-    def __init__(self, entries: int):
-        self.left = entries
-        self.exhausted = False
-
-    def take(self) -> bool:
-        if self.left <= 0:
-            self.exhausted = True
-            return False
-        self.left -= 1
-        return True
-
-
-def _folder_node(folder: Path, relative: str, *, shown: int, budget: _Budget, skip=()) -> dict:
-    """A folder as a tree node: its entries (folders first, at most `shown`, then how many
-    more), with the number and total size of the regular files under it."""
-    node = {"name": folder.name, "path": relative, "dir": True, "files": 0, "size": 0}
-    children, more = [], 0
-    try:
-        entries = sorted(
-            os.scandir(folder), key=lambda e: (not e.is_dir(follow_symlinks=False), e.name)
-        )
-    except OSError:
-        entries = []
-    for entry in entries:
-        if entry.name in skip or entry.is_symlink() or not budget.take():
-            continue
-        path = f"{relative}/{entry.name}" if relative else entry.name
-        if entry.is_dir(follow_symlinks=False):
-            child = _folder_node(Path(entry.path), path, shown=shown, budget=budget)
-        elif entry.is_file(follow_symlinks=False):
-            child = {"name": entry.name, "path": path, "dir": False, "files": 1}
-            child["size"] = entry.stat(follow_symlinks=False).st_size
-        else:
-            continue
-        node["files"] += child["files"]
-        node["size"] += child["size"]
-        if len(children) < shown:
-            children.append(child)
-        else:
-            more += 1
-    node["children"], node["more"] = children, more
-    return node
+# (Beside run_output_files and run_output_archive, which the API uses; the listing itself is
+# runs/folder_tree.py.)
 
 
 def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000) -> dict:
@@ -426,13 +346,13 @@ def run_output_tree(run: TunixRun, *, shown: int = 50, max_entries: int = 20_000
         return empty
     if root.is_symlink() or not root.is_dir():
         return empty
-    budget = _Budget(max_entries)
-    steps = _step_summaries(root, under)
-    tree = _folder_node(root, "", shown=shown, budget=budget, skip={protocol.CHECKPOINTS_DIRNAME})
-    extra = _real_folder(root, under)
+    budget = Budget(max_entries)
+    steps = step_summaries(root, under)
+    tree = folder_node(root, "", shown=shown, budget=budget, skip={protocol.CHECKPOINTS_DIRNAME})
+    extra = real_folder(root, under)
     if extra is not None:
         # What else lives beside the step folders (Orbax's temporary folders while saving).
-        rest = _folder_node(
+        rest = folder_node(
             extra,
             under,
             shown=shown,
@@ -461,7 +381,7 @@ def run_checkpoint_archive(run: TunixRun, step: int):
             raise NotFound(f"This run has no checkpoint at step {int(step)}.")
         return objectstore.run_archive(run.output_dir, name, under=under)
     try:
-        folder = _real_folder(run_output_path(run), under)
+        folder = real_folder(run_output_path(run), under)
     except UnsafePath:
         folder = None
     if folder is None:
@@ -470,7 +390,7 @@ def run_checkpoint_archive(run: TunixRun, step: int):
     def stream():
         spool = Spool()
         with tarfile.open(fileobj=spool, mode="w|gz") as archive:
-            for path, _size in _files_under(folder):
+            for path, _size in files_under(folder):
                 name = f"checkpoint-{int(step)}/{path.relative_to(folder)}"
                 archive.add(path, arcname=name, recursive=False)
                 yield spool.take()
@@ -483,14 +403,27 @@ def run_checkpoint_archive(run: TunixRun, step: int):
 
 
 def run_published(run: TunixRun):
-    """With a store: upload the run's folder while it runs and when it ends (Publisher)."""
-    return objectstore.publishing(run_output_path(run), run.output_dir, run.id)
+    """With a store: upload the run's folder while it runs and when it ends; an export's
+    model folder goes up with it, under model/ (runs/publishing.py)."""
+    extra = None
+    if run.kind == RunKind.EXPORT and (run.config.get("export") or {}).get("dir"):
+        extra = {publishing.EXPORT_PREFIX: Path(run.config["export"]["dir"])}
+    under = protocol.checkpoint_folder(run.method)
+    return publishing.publishing(
+        run_output_path(run), run.output_dir, run.id, under=under, extra=extra
+    )
 
 
 def run_localized(run: TunixRun) -> dict:
-    """The run's config with this host's paths (see objectstore.localize)."""
+    """The run's config with this host's paths (see publishing.localize)."""
     parent = run_output_path(run.parent) if run.parent is not None else None
-    return objectstore.localize(run, run_output_path(run), parent)
+    return publishing.localize(run, run_output_path(run), parent)
+
+
+def run_checkpoint_staged(run: TunixRun, key):
+    """With a store, a context whose value is the `source` fields pointing at the run's
+    newest complete step, staged on this host for its length (None without a store)."""
+    return publishing.staged_source(run.output_dir, run.method, key)
 
 
 def dataset_local(dataset: Dataset) -> Path:

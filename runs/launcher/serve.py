@@ -6,7 +6,9 @@ on a Unix socket; each connection sends one JSON line and gets one JSON line bac
   {"source": {model_dir, family, checkpoint_dir, lora, seed}, "prompt": "<rendered>",
    "settings": {max_new_tokens, temperature, top_p, seed}}
   -> {"ok": true, "tuned": "...", "base": "...", "cold": bool, "seconds": s}
-     or {"ok": false, "error": "..."}
+     or {"ok": false, "error": "..."} (with "missing_checkpoint": true when the fine-tuned
+     model is not loaded and its checkpoint_dir is not on this host: the worker stages it
+     from the object store and sends the request again)
 
 It keeps the most recently used models loaded (at most N: a run's fine-tuned model and its base
 count as two), evicting the least recently used first, and their samplers' compiled shapes, so a
@@ -49,11 +51,20 @@ class Models:
             self.tokenizers[key] = TextTokenizer(Path(source["model_dir"]), source["family"])
         return self.tokenizers[key]
 
+    @staticmethod
+    def key(which: str, source: dict) -> tuple:
+        # A run's fine-tuned model by its id: its checkpoint may be staged anew per prompt.
+        tuned = source.get("run_id") or source.get("checkpoint_dir")
+        return (which, source["model_dir"], tuned if which == "tuned" else "")
+
+    def has_tuned(self, source: dict) -> bool:
+        return self.key("tuned", source) in self.loaded
+
     def get(self, which: str, source: dict) -> tuple[dict, bool]:
         """({"model", "config", "generators"}, whether it was loaded now)."""
         from runs.launcher.weights import load_base, load_trained
 
-        key = (which, source["model_dir"], source.get("checkpoint_dir") if which == "tuned" else "")
+        key = self.key(which, source)
         if key in self.loaded:
             self.loaded.move_to_end(key)
             return self.loaded[key], False
@@ -87,6 +98,10 @@ def answer(models: Models, request: dict) -> dict:
     settings = Settings.from_dict(request.get("settings"))
     tokenizer = models.tokenizer(source)
     prompt = clip_prompt(tokenizer, str(request["prompt"]), MAX_PROMPT_TOKENS)
+    if not models.has_tuned(source) and not Path(source["checkpoint_dir"]).is_dir():
+        # The worker stages the checkpoint from its object store and asks again.
+        error = f"checkpoint dir {source['checkpoint_dir']} does not exist"
+        return {"ok": False, "missing_checkpoint": True, "error": error}
     started = time.monotonic()
     out: dict = {"ok": True, "cold": False}
     for which in ("tuned", "base"):

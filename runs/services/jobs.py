@@ -6,6 +6,7 @@ follow-up: evaluation rows are stored, and a completed training run gets its eva
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import uuid
@@ -17,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import protocol, storage
-from ..errors import Conflict, InvalidInput
+from ..errors import Conflict, InvalidInput, NotFound
 from ..models import Dataset, EvaluationRow, Metric, RunKind, RunMode, RunStatus, TunixRun
 from .lifecycle import run_enqueue
 
@@ -246,12 +247,13 @@ def evaluation_store_rows(*, job: TunixRun) -> int:
     """Read the rows file the evaluation wrote into the database (once)."""
     if EvaluationRow.objects.filter(evaluation=job).exists():
         return 0
-    path = storage.run_output_path(job) / ROWS_FILENAME
-    if not path.is_file():
+    try:  # from the job's folder, or the store it was published to
+        handle = io.TextIOWrapper(storage.run_output_file(job, ROWS_FILENAME), encoding="utf-8")
+    except NotFound:
         return 0
     headline = None
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with handle:
         for line in handle:
             record = json.loads(line)
             headline = headline or next(iter(record["tuned_scores"]), None)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import playground_server, protocol
+from .. import playground_server, protocol, storage
 from ..errors import InvalidInput
 from ..models import PlaygroundPrompt, TunixRun
 from ..processes import this_host
@@ -89,10 +89,13 @@ def prompt_answer(*, prompt_id) -> str:
         "settings": record.generation,
     }
     started = time.monotonic()
-    try:
-        reply = playground_server.generate(request, timeout=settings.PLAYGROUND_TIMEOUT_SECONDS)
-    except playground_server.ServerError as exc:
-        reply = {"ok": False, "error": str(exc)}
+    reply = _generate(request)
+    if reply.get("missing_checkpoint"):
+        # The server has not loaded this run's model and the checkpoint is not on this host:
+        # with an object store, its newest step is staged for this prompt, then removed.
+        with storage.run_checkpoint_staged(record.run, f"prompt-{record.id}") as staged:
+            if staged:
+                reply = _generate({**request, "source": {**request["source"], **staged}})
     fields = {
         "finished_at": timezone.now(),
         "worker_host": this_host(),
@@ -112,6 +115,13 @@ def prompt_answer(*, prompt_id) -> str:
         **fields
     )
     return f"prompt {fields['status']} in {fields['seconds']} s"
+
+
+def _generate(request: dict) -> dict:
+    try:
+        return playground_server.generate(request, timeout=settings.PLAYGROUND_TIMEOUT_SECONDS)
+    except playground_server.ServerError as exc:
+        return {"ok": False, "error": str(exc)}
 
 
 def prompt_wait(record: PlaygroundPrompt, *, timeout: float) -> PlaygroundPrompt:

@@ -36,6 +36,7 @@ from ..errors import InvalidInput
 from ..formatting import human_bytes
 from ..models import ACTIVE_STATUSES, FINAL_STATUSES, FolderDeletion, LogChunk, Metric, TunixRun
 from ..storage import folder_size, is_safe_segment, remove_tree
+from .store_sweep import remove_stored_orphans
 
 DEFAULT_BATCH_SIZE = 500
 # Threads removing folders side by side, and how many committed batches may wait for them.
@@ -63,7 +64,7 @@ class PruneSummary:
     file_bytes: int = 0
     # Folders of earlier deletions (a pass that died after its commit) finished by this pass.
     leftovers: int = 0
-    # Folders under runs/ whose run row no longer exists.
+    # Folders under runs/ (local, and in the object store) whose run row no longer exists.
     orphans: int = 0
 
     @property
@@ -166,6 +167,7 @@ def prune(
             summary.file_bytes += remover.collect(wait=True)[1]
 
     _remove_orphans(summary, now=now)
+    remove_stored_orphans(summary, now=now, grace=ORPHAN_GRACE)
     return summary
 
 
