@@ -1,0 +1,229 @@
+"""Metric points and their buckets, written together, so a chart never groups raw rows.
+
+A long run stores one Metric row per step and series (a million for a million steps). Next
+to them, each series keeps MetricBucket rows: for every level k from LOWEST_LEVEL to
+TOP_LEVEL, bucket b holds the first, last, lowest and highest point of the steps
+[b * 2**k, (b + 1) * 2**k). A chart that wants about P points reads the one level whose
+buckets of width 2**k cut the series into at most P / 4 of them (runs/selectors/metrics.py):
+a few hundred rows from an index, whatever the length of the run, with every spike kept.
+
+Storing a batch of points is two statements a few hundred rows at a time, in one
+transaction: the points go in with ON CONFLICT DO NOTHING ... RETURNING, so only the rows
+that were really new are counted (a repeated step keeps its first value, as the raw table
+does); those are folded into buckets in Python (the lowest level from the points, each level
+above from the one below: about 1/8 of a row per point in all), and the buckets are upserted
+with the merge written in SQL (earlier first, later last, lower low, higher high; a tie goes
+to the earlier step). No row is read before it is written, and merging is idempotent, so a
+retried batch cannot count a point twice. The SQL is the part of INSERT ... ON CONFLICT that
+SQLite (3.35+) and PostgreSQL share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from uuid import UUID
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from .models import Metric, MetricBucket
+
+# Bucket widths 16 .. 2**31 steps. A series shorter than a chart's points is read whole and
+# a level below 16 would only serve series of up to ~16 x (points / 4) steps, which the
+# reader groups from raw rows cheaply; skipping levels 0-3 halves what ingest writes.
+LOWEST_LEVEL = 4
+TOP_LEVEL = 31
+# The largest step stored (PositiveIntegerField on PostgreSQL is a 32-bit integer): the top
+# level's bucket 0 then holds the whole series.
+MAX_STEP = 2**TOP_LEVEL - 1
+# Rows per statement: far below SQLite's and PostgreSQL's bounds on parameters.
+_ROWS_PER_STATEMENT = 500
+_REBUILD_CHUNK = 50_000
+
+_AGGREGATE = (
+    "first_step",
+    "first_value",
+    "last_step",
+    "last_value",
+    "low_step",
+    "low_value",
+    "high_step",
+    "high_value",
+)
+
+
+def buckets_of(points: Iterable[tuple[int, float]]) -> dict[tuple[int, int], list]:
+    """{(level, bucket): [first_step, first_value, last_step, last_value, low_step,
+    low_value, high_step, high_value]} of one series' points (step, value), in any order,
+    for every level."""
+    level: dict[int, list] = {}
+    for step, value in points:
+        key = step >> LOWEST_LEVEL
+        agg = level.get(key)
+        if agg is None:
+            level[key] = [step, value, step, value, step, value, step, value]
+            continue
+        if step < agg[0]:
+            agg[0], agg[1] = step, value
+        if step > agg[2]:
+            agg[2], agg[3] = step, value
+        if value < agg[5] or (value == agg[5] and step < agg[4]):
+            agg[4], agg[5] = step, value
+        if value > agg[7] or (value == agg[7] and step < agg[6]):
+            agg[6], agg[7] = step, value
+    out = {(LOWEST_LEVEL, key): agg for key, agg in level.items()}
+    for k in range(LOWEST_LEVEL + 1, TOP_LEVEL + 1):
+        above: dict[int, list] = {}
+        for key, agg in level.items():
+            merged = above.get(key >> 1)
+            if merged is None:
+                above[key >> 1] = list(agg)
+            else:
+                merge(merged, agg)
+        level = above
+        out.update(((k, key), agg) for key, agg in level.items())
+    return out
+
+
+def merge(agg: list, other: list) -> None:
+    """Fold the aggregate `other` into `agg` (the same rule as the upsert's SQL)."""
+    if other[0] < agg[0]:
+        agg[0], agg[1] = other[0], other[1]
+    if other[2] > agg[2]:
+        agg[2], agg[3] = other[2], other[3]
+    if other[5] < agg[5] or (other[5] == agg[5] and other[4] < agg[4]):
+        agg[4], agg[5] = other[4], other[5]
+    if other[7] > agg[7] or (other[7] == agg[7] and other[6] < agg[6]):
+        agg[6], agg[7] = other[6], other[7]
+
+
+def metrics_store(run_id: UUID, points: list[tuple[str, int, float]]) -> int:
+    """Store a run's metric points (name, step, value) and fold the new ones into their
+    buckets, in one transaction. Steps must lie in 0..MAX_STEP and values be finite (the
+    supervisor checks both). A (name, step) already stored keeps its value. Returns the
+    number of new rows."""
+    with transaction.atomic():
+        new = _insert_points(run_id, points)
+        by_name: dict[str, list[tuple[int, float]]] = {}
+        for name, step, value in new:
+            by_name.setdefault(name, []).append((step, float(value)))
+        _upsert_buckets(
+            run_id,
+            [
+                (level, name, bucket, *agg)
+                for name, series in by_name.items()
+                for (level, bucket), agg in buckets_of(series).items()
+            ],
+        )
+    return len(new)
+
+
+def metric_buckets_rebuild(run_id: UUID) -> int:
+    """Build a run's buckets again from its Metric rows: for metrics stored before buckets
+    existed, or written around metrics_store. Non-finite values (which the supervisor never
+    stores) are left out. Returns the number of points read."""
+    rows = Metric.objects.filter(run_id=run_id)
+    names = sorted(set(rows.values_list("name", flat=True).distinct()))
+    read = 0
+    with transaction.atomic():
+        MetricBucket.objects.filter(run_id=run_id).delete()
+        for name in names:
+            after = -1
+            while True:
+                chunk = list(
+                    rows.filter(name=name, step__gt=after)
+                    .order_by("step")
+                    .values_list("step", "value")[:_REBUILD_CHUNK]
+                )
+                if not chunk:
+                    break
+                after = chunk[-1][0]
+                read += len(chunk)
+                finite = [(s, v) for s, v in chunk if v is not None and math.isfinite(v)]
+                _upsert_buckets(
+                    run_id,
+                    [
+                        (level, name, bucket, *agg)
+                        for (level, bucket), agg in buckets_of(finite).items()
+                    ],
+                )
+    return read
+
+
+def _quoted(model, *fields: str) -> tuple[str, str]:
+    """(quoted table, quoted column list) of `model`."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(model._meta.get_field(f).column) for f in fields)
+    return quote(model._meta.db_table), columns
+
+
+def _insert_points(run_id: UUID, points: list[tuple[str, int, float]]) -> list[tuple]:
+    """INSERT the points, skipping those already stored: the (name, step, value) of the
+    rows that were new."""
+    table, columns = _quoted(Metric, "run", "name", "step", "value", "created_at")
+    run = Metric._meta.get_field("run").get_db_prep_value(run_id, connection)
+    now = Metric._meta.get_field("created_at").get_db_prep_value(timezone.now(), connection)
+    quote = connection.ops.quote_name
+    returning = ", ".join(
+        quote(Metric._meta.get_field(f).column) for f in ("name", "step", "value")
+    )
+    new = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(points), _ROWS_PER_STATEMENT):
+            batch = points[start : start + _ROWS_PER_STATEMENT]
+            values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(batch))
+            params = [p for name, step, value in batch for p in (run, name, step, value, now)]
+            # Table and columns are ours (quoted); every value is a parameter.
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {values} "  # noqa: S608
+                f"ON CONFLICT DO NOTHING RETURNING {returning}",
+                params,
+            )
+            new.extend(cursor.fetchall())
+    return new
+
+
+# Which end wins a merge: (end, compared field, the newer one is...).
+_RULES = (
+    ("first", "step", "<"),
+    ("last", "step", ">"),
+    ("low", "value", "<"),
+    ("high", "value", ">"),
+)
+
+
+def _upsert_sql(count: int) -> str:
+    table, columns = _quoted(MetricBucket, "run", "level", "name", "bucket", *_AGGREGATE)
+    _, key = _quoted(MetricBucket, "run", "level", "name", "bucket")
+    quote = connection.ops.quote_name
+    sets = []
+    for end, by, than in _RULES:
+        column = quote(f"{end}_{by}")
+        wins = f"excluded.{column} {than} {table}.{column}"
+        if by == "value":  # a tie in value goes to the earlier step
+            step = quote(f"{end}_step")
+            wins = (
+                f"({wins} OR (excluded.{column} = {table}.{column} "
+                f"AND excluded.{step} < {table}.{step}))"
+            )
+        for field in (f"{end}_step", f"{end}_value"):
+            target = quote(field)
+            sets.append(
+                f"{target} = CASE WHEN {wins} THEN excluded.{target} ELSE {table}.{target} END"
+            )
+    values = ", ".join([f"({', '.join(['%s'] * (4 + len(_AGGREGATE)))})"] * count)
+    # Table and columns are ours (quoted); every value is a parameter.
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES {values} "  # noqa: S608
+        f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+def _upsert_buckets(run_id: UUID, rows: list[tuple]) -> None:
+    """Insert or merge bucket rows (level, name, bucket, *aggregate) of a run."""
+    run = MetricBucket._meta.get_field("run").get_db_prep_value(run_id, connection)
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            batch = rows[start : start + _ROWS_PER_STATEMENT]
+            cursor.execute(_upsert_sql(len(batch)), [p for row in batch for p in (run, *row)])
