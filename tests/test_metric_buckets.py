@@ -132,7 +132,9 @@ def test_a_rebuild_gives_what_storing_gave_and_leaves_non_finite_values_out(run_
     assert (top.high_step, top.high_value) == (1, 1.0)  # step 5 left out
 
 
-def test_the_supervisor_keeps_the_buckets_of_what_the_child_reports(run_factory):
+def test_the_supervisor_keeps_the_buckets_of_what_the_child_reports(run_factory, monkeypatch):
+    # Stored every 500 points as well as on each tick: buckets merged across many batches.
+    monkeypatch.setattr(supervisor, "METRIC_FLUSH_COUNT", 500)
     code = (
         "import json, sys\n"
         "for step in range(1, 3001):\n"

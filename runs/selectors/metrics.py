@@ -118,26 +118,37 @@ def run_metric_series(
 
 
 def _stored_buckets(run: TunixRun, name: str, level: int) -> list[tuple[int, float]]:
-    """The points of one level's buckets of a series: per bucket its first, lowest, highest
-    and last point (each once), ordered by step."""
+    """The points of one level's buckets of a series: per bucket its first point, its lowest
+    and highest where they are not an end, and its last point, ordered by step."""
     rows = (
         MetricBucket.objects.filter(run=run, level=level, name=name)
         .order_by("bucket")
         .values_list(
             "first_step",
             "first_value",
+            "last_step",
+            "last_value",
             "low_step",
             "low_value",
             "high_step",
             "high_value",
-            "last_step",
-            "last_value",
         )
     )
     series = []
-    for row in rows:
-        ends = dict(zip(row[::2], row[1::2], strict=True))  # a step shown twice counts once
-        series.extend(sorted(ends.items()))
+    add = series.append
+    for first, first_value, last, last_value, low, low_value, high, high_value in rows:
+        inner_low, inner_high = first < low < last, first < high < last and high != low
+        add((first, first_value))
+        if inner_low and inner_high and high < low:
+            add((high, high_value))
+            add((low, low_value))
+        else:
+            if inner_low:
+                add((low, low_value))
+            if inner_high:
+                add((high, high_value))
+        if last != first:
+            add((last, last_value))
     return series
 
 
