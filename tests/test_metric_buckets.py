@@ -133,8 +133,10 @@ def test_a_rebuild_gives_what_storing_gave_and_leaves_non_finite_values_out(run_
 
 
 def test_the_supervisor_keeps_the_buckets_of_what_the_child_reports(run_factory, monkeypatch):
-    # Stored every 500 points as well as on each tick: buckets merged across many batches.
+    # Stored every 500 points as well as on each tick: buckets merged across many batches,
+    # and a child faster than the tick does not overflow the outage buffer (1,000 here).
     monkeypatch.setattr(supervisor, "METRIC_FLUSH_COUNT", 500)
+    monkeypatch.setattr(supervisor, "MAX_BUFFERED_METRICS", 1_000)
     code = (
         "import json, sys\n"
         "for step in range(1, 3001):\n"
