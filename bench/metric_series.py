@@ -30,7 +30,7 @@ def timed(call) -> float:
 def load_run(steps: int, *, buckets: bool):
     """A running local run with `steps` train/loss points and an eval/loss every 1,000."""
     from _common import REPO, bench_user
-    from django.db import connection
+    from django.db import connection, transaction
     from django.utils import timezone
 
     from runs.datasets import services as dataset_services
@@ -60,7 +60,7 @@ def load_run(steps: int, *, buckets: bool):
         if buckets:
             metrics_store(run.id, points)
         else:
-            with connection.cursor() as cursor:
+            with transaction.atomic(), connection.cursor() as cursor:
                 cursor.executemany(sql, [(run_id, *p, now) for p in points])
     elapsed = time.perf_counter() - started
     how = "with their buckets" if buckets else "raw rows only"
