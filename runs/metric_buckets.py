@@ -7,15 +7,16 @@ TOP_LEVEL, bucket b holds the first, last, lowest and highest point of the steps
 buckets of width 2**k cut the series into at most P / 4 of them (runs/selectors/metrics.py):
 a few hundred rows from an index, whatever the length of the run, with every spike kept.
 
-Storing a batch of points is two statements a few hundred rows at a time, in one
-transaction: the points go in with ON CONFLICT DO NOTHING ... RETURNING, so only the rows
-that were really new are counted (a repeated step keeps its first value, as the raw table
-does); those are folded into buckets in Python (the lowest level from the points, each level
-above from the one below: about 1/8 of a row per point in all), and the buckets are upserted
-with the merge written in SQL (earlier first, later last, lower low, higher high; a tie goes
-to the earlier step). No row is read before it is written, and merging is idempotent, so a
-retried batch cannot count a point twice. The SQL is the part of INSERT ... ON CONFLICT that
-SQLite (3.35+) and PostgreSQL share.
+Storing a batch of points is two INSERTs (a statement per 500 rows on SQLite, per 10,000
+on PostgreSQL), in one transaction: the points go in with ON CONFLICT DO NOTHING ...
+RETURNING, so only the rows that were really new are counted (a repeated step keeps its
+first value, as the raw table does); those are folded into buckets in Python (the lowest
+level from the points, each level above from the one below: about 1/8 of a row per point in
+all), and the buckets are upserted with the merge written in SQL (earlier first, later
+last, lower low, higher high; a tie goes to the earlier step). No row is read before it is
+written, and merging is idempotent, so a retried batch cannot count a point twice. The ON
+CONFLICT clauses are the part that SQLite (3.35+, for RETURNING) and PostgreSQL share; only
+where the rows come from differs.
 """
 
 from __future__ import annotations

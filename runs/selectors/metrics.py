@@ -83,7 +83,8 @@ def run_metric_series(
     """{name: [(step, value), ...]} ordered by step, at most about `points` points a series.
 
     A series whose step range fits in `points` is read whole. A longer one gives, per
-    bucket of steps, its first and last point and its minimum and maximum; the minimum and
+    bucket of steps, its first and last point and its minimum and maximum, at their own
+    steps when the stored buckets cover the series; grouped from raw rows, the minimum and
     maximum are placed between the first and last step of their bucket (in the order the
     trend suggests), since their exact step is not read."""
     points = max(POINTS_PER_BUCKET, int(points))
