@@ -459,6 +459,41 @@ class Metric(models.Model):
         return f"{self.name}@{self.step}={self.value:g}"
 
 
+class MetricBucket(models.Model):
+    """The first, last, lowest and highest point of one bucket of steps of a metric series,
+    kept up to date as metrics are stored (runs/metric_buckets.py), so that a chart of a long
+    run reads a few hundred of these instead of grouping every Metric row. Bucket `bucket`
+    of level `level` holds the steps [bucket * 2**level, (bucket + 1) * 2**level); the top
+    level's bucket 0 holds the whole series. Ties go to the earlier step."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(TunixRun, on_delete=models.CASCADE, related_name="metric_buckets")
+    level = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    bucket = models.PositiveIntegerField()
+    first_step = models.PositiveIntegerField()
+    first_value = models.FloatField()
+    last_step = models.PositiveIntegerField()
+    last_value = models.FloatField()
+    low_step = models.PositiveIntegerField()
+    low_value = models.FloatField()
+    high_step = models.PositiveIntegerField()
+    high_value = models.FloatField()
+
+    class Meta:
+        constraints = [
+            # The upsert's conflict target, and the index of both reads: "the top bucket of
+            # every series of run R" (run, level) and "the buckets of series N of run R at
+            # level L, by bucket" (run, level, name, bucket).
+            models.UniqueConstraint(
+                fields=["run", "level", "name", "bucket"], name="metricbucket_run_level_name"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.level}:{self.bucket}"
+
+
 class ApiToken(models.Model):
     """A bearer token for scripts. Only a SHA-256 of the token is stored."""
 

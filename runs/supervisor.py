@@ -25,7 +25,8 @@ from django.utils import timezone
 
 from . import protocol
 from .logwriter import LogWriter
-from .models import LogChunk, Metric, RunStatus, TunixRun
+from .metric_buckets import MAX_STEP, metrics_store
+from .models import LogChunk, RunStatus, TunixRun
 from .outage import DatabaseGate
 from .processes import child_environment, die_with_parent, kill_group, signal_group
 
@@ -47,6 +48,9 @@ MAX_EVENT_LINE = 64 * 1024
 
 # Metrics kept in memory while the database is away (a few MB); more are counted, dropped.
 MAX_BUFFERED_METRICS = 100_000
+# Metrics stored before the next tick once this many wait (a child that reports faster than
+# the tick would otherwise fill the outage buffer with the database up).
+METRIC_FLUSH_COUNT = 20_000
 
 
 def give_up_after() -> float:
@@ -344,7 +348,7 @@ class Supervisor:
             if (
                 isinstance(name, str)
                 and isinstance(step, int)
-                and step >= 0
+                and 0 <= step <= MAX_STEP
                 and isinstance(value, int | float)
                 and math.isfinite(value)
             ):
@@ -352,6 +356,8 @@ class Supervisor:
                     self.outage_dropped_metrics += 1
                 else:
                     self.metrics.append((name[:100], step, float(value)))
+                    if len(self.metrics) >= METRIC_FLUSH_COUNT and not self.gate.down:
+                        self.gate.call(self._flush_metrics)
         elif kind == "environment":
             self.environment.update(
                 {k: v for k, v in event.items() if k != "event" and isinstance(v, str | int)}
@@ -376,17 +382,17 @@ class Supervisor:
         if not any(self.pending.values()):
             self.pending_bytes = 0
 
+    def _flush_metrics(self) -> None:
+        if self.metrics:
+            # With their chart buckets, in one transaction: a retry stores nothing twice.
+            metrics_store(self.run.id, self.metrics)
+            self.metrics = []
+
     def _flush(self) -> None:
         """Store pending output, metrics and progress, and the run's log counters. Safe to
         call again after a database error: what was stored is not stored twice."""
         self._flush_log()
-        if self.metrics:
-            Metric.objects.bulk_create(
-                [Metric(run_id=self.run.id, name=n, step=s, value=v) for n, s, v in self.metrics],
-                ignore_conflicts=True,
-                batch_size=2000,
-            )
-            self.metrics = []
+        self._flush_metrics()
         updates: dict[str, object] = dict(self.progress)
         if self.environment:
             env = dict(

@@ -1,17 +1,21 @@
-"""Reads of a run's metric series, downsampled in the database.
+"""Reads of a run's metric series, downsampled.
 
 A long run stores one row per step and metric (a million for a run of a million steps); the
 run page, compare and the API read at most `points` points a series instead. A series whose
 step range fits is read as it is. A longer one is cut into buckets of equal step width (a
 power of two, aligned on multiples of it so a bucket stays the same bucket as the run
-grows), and each bucket gives its first and last point and its minimum and maximum: a spike
-survives, which every-k-th-point sampling would drop. The buckets are one GROUP BY over the
-metric index (run, name, step); no row goes through Python.
+grows), and each bucket gives its first and last point and its lowest and highest: a spike
+survives, which every-k-th-point sampling would drop.
 
-Metrics are written in step order and never changed, so a bucket that lies wholly before
-the newest step is final: it is remembered (Django's cache, keyed by run, metric and
-width), and a later read (the page's poll, the next visitor) asks the database only for the
-buckets from the newest one on.
+The buckets are kept as metrics are stored (runs/metric_buckets.py): a read takes the few
+hundred MetricBucket rows of one level from an index, first read or not, with the exact
+step of each extreme. A series whose buckets do not cover it (metrics stored before
+buckets existed or written around metrics_store, or a width below the lowest level kept)
+is grouped from its raw rows instead: one GROUP BY over the metric index (run, name, step).
+Metrics are written in step order and never changed, so a bucket of that grouping that
+lies wholly before the newest step is final: it is remembered (Django's cache, keyed by
+run, metric and width), and a later read asks the database only for the buckets from the
+newest one on.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import F, Max, Min, Value
 
-from ..models import Metric, TunixRun
+from ..metric_buckets import LOWEST_LEVEL, TOP_LEVEL
+from ..models import Metric, MetricBucket, TunixRun
 
 # Points a series gives at most unless asked otherwise: more than a chart's width in pixels.
 SERIES_POINTS = 2000
@@ -78,20 +83,73 @@ def run_metric_series(
     """{name: [(step, value), ...]} ordered by step, at most about `points` points a series.
 
     A series whose step range fits in `points` is read whole. A longer one gives, per
-    bucket of steps, its first and last point and its minimum and maximum; the minimum and
+    bucket of steps, its first and last point and its minimum and maximum, at their own
+    steps when the stored buckets cover the series; grouped from raw rows, the minimum and
     maximum are placed between the first and last step of their bucket (in the order the
     trend suggests), since their exact step is not read."""
     points = max(POINTS_PER_BUCKET, int(points))
     series: dict[str, list[tuple[int, float]]] = {}
+    # (first step, last step) of each series by its top bucket: one index range.
+    tops = {
+        name: (first, last)
+        for name, first, last in MetricBucket.objects.filter(
+            run=run, level=TOP_LEVEL, bucket=0
+        ).values_list("name", "first_step", "last_step")
+    }
     for name in run_metric_names(run):
         first, last = _extent(run, name)
         if first is None:
             continue
+        top = tops.get(name)
+        # The buckets cover the series when they start where it starts and reach at least
+        # as far (a store may have committed since the extent was read).
+        covered = top is not None and top[0] == first and top[1] >= last
+        if covered:
+            last = top[1]
         if last - first + 1 <= points:
             rows = Metric.objects.filter(run=run, name=name).order_by("step")
             series[name] = list(rows.values_list("step", "value"))
+            continue
+        level = bucket_width(first, last, points).bit_length() - 1
+        if covered and level >= LOWEST_LEVEL:
+            series[name] = _stored_buckets(run, name, level)
         else:
             series[name] = _bucketed(run, name, first, last, points)
+    return series
+
+
+def _stored_buckets(run: TunixRun, name: str, level: int) -> list[tuple[int, float]]:
+    """The points of one level's buckets of a series: per bucket its first point, its lowest
+    and highest where they are not an end, and its last point, ordered by step."""
+    rows = (
+        MetricBucket.objects.filter(run=run, level=level, name=name)
+        .order_by("bucket")
+        .values_list(
+            "first_step",
+            "first_value",
+            "last_step",
+            "last_value",
+            "low_step",
+            "low_value",
+            "high_step",
+            "high_value",
+        )
+    )
+    series = []
+    add = series.append
+    for first, first_value, last, last_value, low, low_value, high, high_value in rows:
+        inner_low, inner_high = first < low < last, first < high < last and high != low
+        add((first, first_value))
+        if inner_low and inner_high and high < low:
+            add((high, high_value))
+            add((low, low_value))
+        else:
+            if inner_low:
+                add((low, low_value))
+            if inner_high:
+                add((high, high_value))
+        if last != first:
+            add((last, last_value))
     return series
 
 
