@@ -72,12 +72,20 @@ test: install-dev
 	trap '.ci/throwaway-postgres stop '$$pgdir EXIT; \
 	if url=$$(.ci/throwaway-postgres start $$pgdir); then \
 	  echo "== tests on PostgreSQL ($$url)"; \
-	  DATABASE_URL=$$url TUNIXRT_TEST_PG_DIR=$$pgdir $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  DATABASE_URL=$$url TUNIXRT_TEST_PG_DIR=$$pgdir $(PY) -m pytest $(PARALLEL) -m "not alone" $(PYTEST_ARGS) || status=$$?; \
+	  echo "== tests on PostgreSQL that stop its server, alone"; \
+	  DATABASE_URL=$$url TUNIXRT_TEST_PG_DIR=$$pgdir $(PY) -m pytest -m alone $(PYTEST_ARGS) || status=$$?; \
 	  markers="$(SQLITE_MARKERS)"; \
 	else echo "== no PostgreSQL server binaries: the whole suite on SQLite"; fi; \
 	echo "== tests on SQLite"; \
-	TUNIXRT_DATA_DIR=$$pgdir/sqlite $(PY) -m pytest $(PYTEST_ARGS) $${markers:+-m "$$markers"} || status=$$?; \
+	TUNIXRT_DATA_DIR=$$pgdir/sqlite $(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS) $${markers:+-m "$$markers"} || status=$$?; \
 	exit $$status
+
+# The suite runs in TEST_PROCESSES processes (pytest-xdist; each has a test database of its
+# own); TEST_PROCESSES=1 runs it in one. Most tests wait on real processes (workers, training
+# children, a browser), so two processes gain even on two cores.
+TEST_PROCESSES ?= 2
+PARALLEL := $(if $(filter 1,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES))
 
 # After a PostgreSQL pass, the SQLite pass skips what does not depend on the database engine
 # (real Tunix training).

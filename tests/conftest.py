@@ -67,20 +67,21 @@ def pytest_collection_modifyitems(config, items):
     """A test that needs an optional part is skipped when the user left that part out
     (TUNIXRT_SKIP_TUNIX=1, TUNIXRT_SKIP_BROWSER=1), and fails saying what to install when
     the part is missing without that choice."""
-    skipped: dict[str, int] = {}
     for item in items:
         for part in _needs(item):
             variable, what, install = OPTIONAL_PARTS[part]
             if os.environ.get(variable) == "1":
-                item.add_marker(pytest.mark.skip(reason=f"{variable}=1: {what} left out"))
-                skipped[part] = skipped.get(part, 0) + 1
+                item.add_marker(pytest.mark.skip(reason=_left_out(part)))
             elif _part_missing(part):
                 message = f"needs {what}: {install}, or set {variable}=1 to skip these tests"
                 item.stash[_MISSING_PART] = message
-    config.stash[_SKIPPED_BY_CHOICE] = skipped
 
 
-_SKIPPED_BY_CHOICE = pytest.StashKey[dict]()
+def _left_out(part: str) -> str:
+    variable, what, _ = OPTIONAL_PARTS[part]
+    return f"{variable}=1: {what} left out"
+
+
 _MISSING_PART = pytest.StashKey[str]()
 
 
@@ -94,7 +95,14 @@ def pytest_runtest_setup(item):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    skipped = config.stash.get(_SKIPPED_BY_CHOICE, {})
+    """Count the skips by choice from the reports, which reach this process from every
+    worker process too when the suite runs in parallel (pytest-xdist)."""
+    skipped: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        for part in OPTIONAL_PARTS:
+            if _left_out(part) in reason:
+                skipped[part] = skipped.get(part, 0) + 1
     for part, count in skipped.items():
         variable, what, _ = OPTIONAL_PARTS[part]
         terminalreporter.write_line(

@@ -97,6 +97,7 @@ def postgres():
     return Postgres(folder)
 
 
+@pytest.mark.alone
 def test_a_run_lives_through_an_8_second_postgresql_outage(
     start_cluster, run_factory, postgres, tmp_path
 ):
@@ -122,6 +123,7 @@ def test_a_run_lives_through_an_8_second_postgresql_outage(
     assert run.progress_step == STEPS
 
 
+@pytest.mark.alone
 def test_an_outage_longer_than_the_window_stops_the_child_and_fails_the_run(
     start_cluster, run_factory, postgres, tmp_path
 ):
