@@ -39,6 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 from _bench_data import REPO, BenchDatabase, add_arguments
 from _common import admin_sql, with_database
 from _http import (
@@ -140,6 +141,9 @@ class MlflowSide:
         args = [self.uri, str(self.folder / "artifacts"), str(lines), str(self.ids_file)]
         subprocess.run([*loader, *args], check=True, env=self._env())
         lines.unlink()
+        # As tunix-rt's tables after their load: fresh statistics for the planner.
+        with psycopg.connect(with_database(self.data.server, self.name), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
         loaded = {**json.loads(self.ids_file.read_text()), "tunix": tunix_ids}
         self.ids_file.write_text(json.dumps(loaded))
         return loaded
