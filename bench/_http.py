@@ -106,16 +106,27 @@ class KeepAliveClient:
     def request(self, method: str, path: str, body: bytes | None = None, headers=None):
         """(status, body) of one request on the kept-alive connection."""
         if self.conn.sock is None:  # the server closed the connection after an answer
-            self.conn.connect()
-            self._tune()
-            self.reconnects += 1
-        self.conn.request(method, path, body=body, headers=headers or {})
-        response = self.conn.getresponse()
+            self._reconnect()
+        try:
+            self.conn.request(method, path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closed the kept-alive connection while it was idle (its keep-alive
+            # timeout): once more on a new one, as HTTP clients do.
+            self._reconnect()
+            self.conn.request(method, path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
         answer = response.read()
         if hasattr(socket, "TCP_QUICKACK") and self.conn.sock is not None:
             # Linux turns quick ACKs off again by itself; keep them on.
             self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         return response.status, answer
+
+    def _reconnect(self) -> None:
+        self.conn.close()
+        self.conn.connect()
+        self._tune()
+        self.reconnects += 1
 
     def close(self) -> None:
         self.conn.close()

@@ -6,21 +6,24 @@ The data: 10,000 runs (bench/_bench_data.py: 100 users, 90 days, every status), 
 train/loss series of 100 steps and an eval/loss point every 10 steps, loaded into tunix-rt's
 PostgreSQL database. The same runs are exported (name, owner, status, times, the
 hyperparameters as params, dataset/model/mode as tags, every metric point) and loaded into a
-second database on the same PostgreSQL server through MLflow's own store, in-process:
-bench/_mlflow_load.py, run with MLflow's Python, calls SqlAlchemyStore.create_run, log_batch
-and update_run_info (the writes `mlflow server` makes), in 2 processes.
+second database on the same PostgreSQL server with MLflow's own classes, in-process:
+bench/_mlflow_load.py, run with MLflow's Python, has MLflow's store (SqlAlchemyStore) make
+the schema and the experiment and writes the rows its create_run, log_batch and
+update_run_info write, into the tables of MLflow's ORM models (~2.5 minutes for 10,000).
 
 MLflow lives in a virtual environment of its own (its dependencies are not ours), made once
 from the `bench` extra in pyproject.toml and reused: ~/.cache/tunixrt-bench/mlflow-venv
 (--mlflow-venv to move it). It needs the package registry the first time.
 
 The servers: tunix-rt as `make serve` starts it (gunicorn, gthread, keep-alive), `mlflow
-server --workers 4` (uvicorn, connections kept alive 75 s as gunicorn keeps them); 4 worker
-processes each. The client: one kept-alive
-connection to each, TCP_NODELAY and TCP_QUICKACK on (bench/_http.py), so neither server's
-Nagle or delayed-ACK behaviour is measured. Each operation is measured in --rounds blocks
-per server, tunix-rt then MLflow, tunix-rt, ..., so a change in the machine's load falls on
-both. tunix-rt answers as staff (every run visible), as MLflow shows every run.
+server --workers 4` (uvicorn, connections kept alive 75 s as gunicorn keeps them, without
+the job runner MLflow starts beside it: tunix-rt's side is gunicorn without its worker); 4
+worker processes each. The client: one kept-alive connection to each, TCP_NODELAY and
+TCP_QUICKACK on (bench/_http.py), so neither server's Nagle or delayed-ACK behaviour is
+measured. Every request is first sent once to each server untimed (caches and PostgreSQL's
+pages warm on both sides); then each operation is measured in --rounds blocks per server,
+tunix-rt then MLflow, tunix-rt, ..., so a change in the machine's load falls on both.
+tunix-rt answers as staff (every run visible), as MLflow shows every run.
 
 Usage: python bench/mlflow_side_by_side.py [--runs 10000] [--samples 1200] [--rounds 6]
        [--keep] [--database NAME]          (--database reuses both loaded databases)
@@ -149,7 +152,14 @@ class MlflowSide:
         return loaded
 
     def _env(self) -> dict:
-        return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        return {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            # The web server alone, as tunix-rt's side is gunicorn without its worker: no job
+            # runner (huey consumers for scorers and periodic tasks) beside it.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
 
     def start(self) -> int:
         port = free_port()
@@ -229,6 +239,9 @@ def compare(clients, headers, ops, samples: int, rounds: int):
         f"{'operation':<30} {'tunix-rt p50':>12} {'p95':>6} {'KB':>5}"
         f" {'MLflow p50':>11} {'p95':>6} {'KB':>5} {'ratio':>6} {'goal':>5}"
     )
+    for _, ours, theirs, _ in ops:  # every request once on each server, untimed
+        for side, requests in (("tunix-rt", ours), ("MLflow", theirs)):
+            timings(clients[side], requests, 0, headers[side], warmup=len(requests))
     for label, ours, theirs, goal in ops:
         measured = {side: ([], []) for side in clients}
         for _ in range(rounds):
