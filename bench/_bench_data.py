@@ -61,8 +61,10 @@ def setup_django(database_url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def load(n_runs: int, n_chunks: int, rng: random.Random):
-    """Bulk-load runs, log chunks and metrics; returns (users, long run ids, all run ids)."""
+def load(n_runs: int, n_chunks: int, rng: random.Random, *, points=200, series_runs=None):
+    """Bulk-load runs, log chunks and metrics: a train/loss series of `points` steps (and an
+    eval/loss point every 10 steps) on the first `series_runs` runs (default: the long runs).
+    Returns (users, staff, long run ids, all run ids, chunks per long run)."""
     from django.contrib.auth import get_user_model
     from django.db import connection
 
@@ -151,8 +153,8 @@ def load(n_runs: int, n_chunks: int, rng: random.Random):
 
     started = time.perf_counter()
     metrics = []
-    for run_id in long_runs:
-        for step in range(1, 201):
+    for run_id in ids[:series_runs] if series_runs else long_runs:
+        for step in range(1, points + 1):
             metrics.append(Metric(run_id=run_id, name="train/loss", step=step, value=4.0 / step))
             if step % 10 == 0:
                 metrics.append(Metric(run_id=run_id, name="eval/loss", step=step, value=4.2 / step))
@@ -169,6 +171,10 @@ def load(n_runs: int, n_chunks: int, rng: random.Random):
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--chunks", type=int, default=1_000_000)
+    parser.add_argument("--points", type=int, default=200, help="train/loss steps per series")
+    parser.add_argument(
+        "--series-runs", type=int, help=f"runs with a loss series (default: {LONG_RUNS})"
+    )
     parser.add_argument("--database", help="reuse this loaded database (from --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
 
@@ -194,7 +200,13 @@ class BenchDatabase:
         else:
             rng = random.Random(7)
             print(f"Loading {self.args.runs} runs and {self.args.chunks} log chunks", flush=True)
-            users, staff, long_runs, _, per_long = load(self.args.runs, self.args.chunks, rng)
+            users, staff, long_runs, _, per_long = load(
+                self.args.runs,
+                self.args.chunks,
+                rng,
+                points=self.args.points,
+                series_runs=self.args.series_runs,
+            )
             self.facts = {
                 "users": [u.id for u in users],
                 "staff": staff.id,
@@ -203,6 +215,17 @@ class BenchDatabase:
             }
             self.facts_file.write_text(json.dumps(self.facts))
         return self
+
+    def server_env(self, workers: int) -> dict:
+        """The environment of the production server (start_server("gunicorn", ...))."""
+        return {
+            "DATABASE_URL": self.url,
+            "TUNIXRT_DATA_DIR": os.environ["TUNIXRT_DATA_DIR"],
+            "TUNIXRT_WEB_WORKERS": str(workers),
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_DEBUG": "0",
+            "TUNIXRT_LOG_LEVEL": "WARNING",
+        }
 
     def __exit__(self, *exc):
         from django.db import connections

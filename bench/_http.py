@@ -45,27 +45,33 @@ def free_port() -> int:
 def start_server(kind: str, env: dict, *, port: int | None = None, log: Path | None = None):
     """Start `kind` on 127.0.0.1 and wait until /api/health answers; (process, port)."""
     port = port or free_port()
+    argv = SERVERS[kind]("127.0.0.1", port)
+    return start_process(argv, env, port=port, health="/api/health", log=log, name=kind)
+
+
+def start_process(argv, env: dict, *, port: int, health: str, log: Path | None, name: str):
+    """Start a server that listens on `port` and wait until `health` answers 200."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        SERVERS[kind]("127.0.0.1", port),
+        argv,
         cwd=REPO,
         env={**os.environ, **env},
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         try:
             client = KeepAliveClient(port)
-            if client.get("/api/health")[0] == 200:
+            if client.get(health)[0] == 200:
                 client.close()
                 return proc, port
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_server(proc)
-            raise SystemExit(f"{kind} did not start (see {log})")
+            raise SystemExit(f"{name} did not start (see {log})")
         time.sleep(0.2)
 
 
@@ -95,17 +101,32 @@ class KeepAliveClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+        return self.request("GET", path, headers=headers)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None):
+        """(status, body) of one request on the kept-alive connection."""
         if self.conn.sock is None:  # the server closed the connection after an answer
-            self.conn.connect()
-            self._tune()
-            self.reconnects += 1
-        self.conn.request("GET", path, headers=headers or {})
-        response = self.conn.getresponse()
-        body = response.read()
+            self._reconnect()
+        try:
+            self.conn.request(method, path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closed the kept-alive connection while it was idle (its keep-alive
+            # timeout): once more on a new one, as HTTP clients do.
+            self._reconnect()
+            self.conn.request(method, path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
+        answer = response.read()
         if hasattr(socket, "TCP_QUICKACK") and self.conn.sock is not None:
             # Linux turns quick ACKs off again by itself; keep them on.
             self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        return response.status, body
+        return response.status, answer
+
+    def _reconnect(self) -> None:
+        self.conn.close()
+        self.conn.connect()
+        self._tune()
+        self.reconnects += 1
 
     def close(self) -> None:
         self.conn.close()
@@ -113,16 +134,27 @@ class KeepAliveClient:
 
 def measure(client: KeepAliveClient, paths, samples: int, headers=None, warmup: int = 20):
     """p50, p95 (ms) and the mean answer size (bytes) of GETs cycling through `paths`."""
-    for i in range(warmup):
-        status, _ = client.get(paths[i % len(paths)], headers)
-        assert status in (200, 286), (paths[i % len(paths)], status)
+    return summary(*timings(client, paths, samples, headers, warmup))
+
+
+def timings(client: KeepAliveClient, requests, samples: int, headers=None, warmup: int = 20):
+    """Times (ms) and answer sizes (bytes) of `samples` requests cycling through `requests`,
+    after `warmup` untimed ones. A request is a path (GET) or (method, path, body)."""
+    requests = [("GET", r, None) if isinstance(r, str) else r for r in requests]
     times, sizes = [], []
-    for i in range(samples):
-        path = paths[i % len(paths)]
+    for i in range(warmup + samples):
+        method, path, body = requests[i % len(requests)]
         begin = time.perf_counter()
-        status, body = client.get(path, headers)
-        times.append((time.perf_counter() - begin) * 1000)
-        assert status in (200, 286), (path, status, body[:200])
-        sizes.append(len(body))
+        status, answer = client.request(method, path, body, headers)
+        elapsed = (time.perf_counter() - begin) * 1000
+        assert status in (200, 286), (path, status, answer[:200])
+        if i >= warmup:
+            times.append(elapsed)
+            sizes.append(len(answer))
+    return times, sizes
+
+
+def summary(times, sizes):
+    """p50, p95 (ms) and the mean answer size (bytes)."""
     cuts = statistics.quantiles(times, n=20, method="inclusive")
     return statistics.median(times), cuts[18], statistics.mean(sizes)

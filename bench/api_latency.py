@@ -117,14 +117,7 @@ def main():
         version = connection.pg_version // 10000
         connection.close()
         folder = Path(tempfile.mkdtemp(prefix="tunixrt-bench-web-"))
-        env = {
-            "DATABASE_URL": data.url,
-            "TUNIXRT_DATA_DIR": os.environ["TUNIXRT_DATA_DIR"],
-            "TUNIXRT_WEB_WORKERS": str(args.workers),
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DJANGO_DEBUG": "0",
-            "TUNIXRT_LOG_LEVEL": "WARNING",
-        }
+        env = data.server_env(args.workers)
         proc, port = start_server("gunicorn", env, log=folder / "gunicorn.log")
         try:
             client = KeepAliveClient(port)
