@@ -240,3 +240,31 @@ def test_a_file_gets_the_same_report_with_and_without_the_fast_path(seed, monkey
     without = check(data, chunk=chunk)
     assert with_fast == without
     assert with_fast.rows > 100 and with_fast.errors
+
+
+class FullDisk:
+    def __init__(self, room: int):
+        self.room = room
+        self.written = b""
+
+    def write(self, data: bytes) -> int:
+        if len(self.written) + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.written += data
+        return len(data)
+
+
+@pytest.mark.parametrize("room", [0, 250, 10**6])
+def test_the_copy_on_the_second_thread_keeps_order_and_raises_the_sinks_error(room):
+    data = jsonl(*([PAIR] * 50))
+    chunks = [data[i : i + 100] for i in range(0, len(data), 100)]
+    sink = FullDisk(room)
+    if room < len(data):
+        with pytest.raises(OSError, match="No space left"):
+            validation.validate_stream(chunks, max_bytes=10**6, max_line_bytes=10**6, sink=sink)
+        assert len(sink.written) <= room
+    else:
+        report = validation.validate_stream(
+            chunks, max_bytes=10**6, max_line_bytes=10**6, sink=sink
+        )
+        assert report.ok and sink.written == data

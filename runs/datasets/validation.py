@@ -8,7 +8,6 @@ imports Django: the same code checks an upload, a stored file and a file on the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -309,11 +308,13 @@ def validate_stream(
     ends are accepted. Reading stops after MAX_REPORTED_ERRORS errors or at a limit.
     """
     report = ValidationReport(format=declared_format or None)
-    digest = hashlib.sha256()
-    for line_no, block in _blocks(chunks, report, digest, max_bytes, max_line_bytes, sink):
-        if not _check_block(report, line_no, block):
-            break
-    report.sha256 = digest.hexdigest()
+    copier = fastcheck.Copier(sink)
+    try:
+        for line_no, block in _blocks(chunks, report, copier, max_bytes, max_line_bytes):
+            if not _check_block(report, line_no, block):
+                break
+    finally:
+        report.sha256 = copier.close()
     return report
 
 
@@ -399,10 +400,9 @@ def _error(report: ValidationReport, message: str) -> None:
 def _blocks(
     chunks: Iterable[bytes],
     report: ValidationReport,
-    digest: Any,
+    copier: fastcheck.Copier,
     max_bytes: int,
     max_line_bytes: int,
-    sink: IO[bytes] | None,
 ) -> Iterator[tuple[int, list[bytes]]]:
     """The stream's lines (with a CR before the LF still on) in blocks: (number of the
     block's first line, counted from 1, lines).
@@ -422,9 +422,7 @@ def _blocks(
             report.too_large = True
             _error(report, f"the file is larger than the limit of {human_bytes(max_bytes)}")
             return
-        digest.update(chunk)
-        if sink is not None:
-            sink.write(chunk)
+        copier.add(chunk)  # hashed and copied on a second thread
         if head is not None:
             head += chunk
             if len(head) < len(_BOM):
