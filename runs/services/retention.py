@@ -15,39 +15,33 @@ never locked for long. Entry points call `services.runs_prune`, not this module.
 
 from __future__ import annotations
 
-import os
-import stat
 import uuid
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import CASCADE, DO_NOTHING, SET_NULL, Exists, OuterRef, Q, QuerySet, signals
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from .. import storage
 from ..errors import InvalidInput
 from ..formatting import human_bytes
 from ..models import ACTIVE_STATUSES, FINAL_STATUSES, FolderDeletion, LogChunk, Metric, TunixRun
-from ..storage import folder_size, is_safe_segment, remove_tree
+from ..storage import folder_size
+from .folder_removal import (
+    CLAIM_LEASE,
+    FolderRemover,
+    finish_leftovers,
+    record_folder_deletion,
+    remove_folders,
+    remove_orphans,
+    safe_folder,
+)
+
+__all__ = ["CLAIM_LEASE", "record_folder_deletion", "remove_folders"]  # for deletion, tests
 
 DEFAULT_BATCH_SIZE = 500
-# Threads removing folders side by side, and how many committed batches may wait for them.
-REMOVE_THREADS = 8
-MAX_BATCHES_IN_FLIGHT = 4
-# A pass removes the folders of its own batch seconds after the commit. A claim older than
-# this belongs to a pass that died (or whose removal failed): a later pass takes it over.
-CLAIM_LEASE = timedelta(hours=1)
-# A folder under runs/ with no run row is an orphan (rows deleted by other means, e.g. a
-# shell). Only folders untouched this long are removed, in case something creates a run's
-# folder just before its row becomes visible.
-ORPHAN_GRACE = timedelta(hours=1)
 
 Progress = Callable[[int, int], None]
 
@@ -134,7 +128,7 @@ def prune(
     # N days ago is kept until the next pass.
     cutoff = now - timedelta(days=older_than_days)
     summary = PruneSummary(cutoff=cutoff, dry_run=dry_run)
-    _finish_leftovers(summary, now=now)
+    finish_leftovers(summary, now=now)
 
     total = prunable(cutoff).count()
     done = 0
@@ -165,7 +159,7 @@ def prune(
                     progress(min(done, total), total)
             summary.file_bytes += remover.collect(wait=True)[1]
 
-    _remove_orphans(summary, now=now)
+    remove_orphans(summary, now=now)
     return summary
 
 
@@ -200,7 +194,7 @@ def _count_batch(run_ids: list[uuid.UUID], summary: PruneSummary) -> None:
     summary.log_chunks += LogChunk.objects.filter(run_id__in=run_ids).count()
     summary.metrics += Metric.objects.filter(run_id__in=run_ids).count()
     for output_dir, _ in rows:
-        path = _folder(output_dir)
+        path = safe_folder(output_dir)
         if path is not None and path.is_dir():
             summary.file_bytes += folder_size(path)
 
@@ -281,213 +275,3 @@ def _sql_delete_plan(db: str):
         elif rel.on_delete is not DO_NOTHING:
             return None
     return set_null, cascade
-
-
-def remove_folders(deletions: list[FolderDeletion]) -> tuple[int, int]:
-    """Step 2, after the rows are committed: remove the folders, then their records.
-    Returns (folders finished, bytes freed). Folders that are still there afterwards stay
-    in their record, so a later pass tries again once the claim has expired."""
-    with FolderRemover() as remover:
-        remover.submit(deletions)
-        return remover.collect(wait=True)
-
-
-class FolderRemover:
-    """Removes the folders of committed batches on worker threads while the caller goes on
-    with the next batch; `collect` updates the records of finished batches (on the caller's
-    thread, which owns the database connection). Removing a folder is mostly waiting on the
-    file system's journal, so side by side a batch goes many times faster. At most
-    MAX_BATCHES_IN_FLIGHT batches wait, so memory stays flat."""
-
-    def __init__(self):
-        self.root = Path(settings.ARTIFACTS_DIR).resolve()
-        self.pool = ThreadPoolExecutor(max_workers=REMOVE_THREADS, thread_name_prefix="rm")
-        self.pending: deque[tuple[FolderDeletion, list[Future]]] = deque()
-        # Runs that chose their folder (before every run wrote to runs/<id>) can sit inside
-        # a folder removed here: read once, so a batch costs no query per folder.
-        self.chosen = storage.chosen_folders()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        # On an error the records stay: a later pass finishes those folders.
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, deletions: list[FolderDeletion], *, check_in_use: bool = True) -> None:
-        for deletion in deletions:
-            # A folder that is a run's folder again (its name reused after an earlier
-            # removal, for an old record) is never touched; only the record forgets it.
-            in_use = set()
-            if check_in_use and deletion.paths:
-                in_use = set(
-                    TunixRun.objects.filter(output_dir__in=deletion.paths).values_list(
-                        "output_dir", flat=True
-                    )
-                )
-            parents: dict[Path, bool] = {}
-            futures = [
-                self.pool.submit(
-                    self._remove,
-                    path,
-                    path in in_use,
-                    parents,
-                    storage.artifacts_paths(storage.run_folders_inside(path, chosen=self.chosen)),
-                )
-                for path in deletion.paths
-            ]
-            self.pending.append((deletion, futures))
-
-    def collect(self, *, wait: bool = False) -> tuple[int, int]:
-        finished = freed = 0
-        while self.pending and (
-            wait
-            or len(self.pending) > MAX_BATCHES_IN_FLIGHT
-            or all(f.done() for f in self.pending[0][1])
-        ):
-            deletion, futures = self.pending.popleft()
-            results = [f.result() for f in futures]
-            left = [p for p, (_, gone) in zip(deletion.paths, results, strict=True) if not gone]
-            if left:
-                FolderDeletion.objects.filter(id=deletion.id).update(paths=left)
-            else:
-                FolderDeletion.objects.filter(id=deletion.id)._raw_delete(FolderDeletion.objects.db)
-            finished += len(deletion.paths) - len(left)
-            freed += sum(size for size, _ in results)
-        return finished, freed
-
-    def _remove(
-        self, relative: str, in_use: bool, parents: dict, keep: set[Path]
-    ) -> tuple[int, bool]:
-        """Remove one folder, never the live runs' folders inside it (`keep`)."""
-        path = None if in_use else _folder(relative, root=self.root, parents=parents)
-        if path is None:
-            return 0, True
-        freed = remove_tree(path, keep=keep) + storage.stored_folder_remove(relative)
-        return freed, bool(keep) or not os.path.lexists(path)
-
-
-def record_folder_deletion(run: TunixRun, *, now: datetime | None = None) -> list[FolderDeletion]:
-    """For a single delete (services.run_delete), inside its transaction: the record a
-    retention batch writes, claimed by the caller. Empty when the run has no folder."""
-    path = _folder(run.output_dir)
-    if path is None or not (path.exists() or settings.ARTIFACTS_URL):
-        return []
-    return [FolderDeletion.objects.create(paths=[run.output_dir], claimed_at=now or timezone.now())]
-
-
-def _stale_claims(now: datetime) -> Q:
-    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE)
-
-
-def _finish_leftovers(summary: PruneSummary, *, now: datetime, batch_size: int = 20) -> None:
-    """Folders whose rows were deleted by a pass that died before removing them."""
-    if summary.dry_run:
-        for deletion in FolderDeletion.objects.filter(_stale_claims(now)).iterator():
-            for relative in deletion.paths:
-                path = _folder(relative)
-                if path is not None and path.is_dir():
-                    summary.leftovers += 1
-                    summary.file_bytes += folder_size(path)
-        return
-    while True:
-        with transaction.atomic(durable=True):
-            ids = list(
-                FolderDeletion.objects.select_for_update(skip_locked=True)
-                .filter(_stale_claims(now))
-                .values_list("id", flat=True)[:batch_size]
-            )
-            # Claimed now: a concurrent pass skips them, and this loop does not see them
-            # again even if a folder cannot be removed.
-            FolderDeletion.objects.filter(id__in=ids).update(claimed_at=now)
-        if not ids:
-            return
-        finished, freed = remove_folders(list(FolderDeletion.objects.filter(id__in=ids)))
-        summary.leftovers += finished
-        summary.file_bytes += freed
-
-
-def _remove_orphans(summary: PruneSummary, *, now: datetime, batch_size: int = 500) -> None:
-    """Folders named runs/<uuid> (the default output folder) whose run row is gone.
-    Symlinks, other names and anything outside the artifacts root are never touched."""
-    runs_root = Path(settings.ARTIFACTS_DIR).resolve() / "runs"
-    if not runs_root.is_dir() or runs_root.is_symlink():
-        return
-    old_enough = (now - ORPHAN_GRACE).timestamp()
-    candidates: list[str] = []
-    with os.scandir(runs_root) as entries:
-        for entry in entries:
-            if _looks_like_run_folder(entry) and _modified_before(entry, old_enough):
-                candidates.append(f"runs/{entry.name}")
-                if len(candidates) >= batch_size:
-                    _remove_orphan_batch(candidates, summary)
-                    candidates = []
-    if candidates:
-        _remove_orphan_batch(candidates, summary)
-
-
-def _modified_before(entry: os.DirEntry, moment: float) -> bool:
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime < moment
-    except FileNotFoundError:
-        return False  # another pass (or a run delete) removed it while we were listing
-
-
-def _looks_like_run_folder(entry: os.DirEntry) -> bool:
-    if not entry.is_dir(follow_symlinks=False):
-        return False
-    try:
-        return str(uuid.UUID(entry.name)) == entry.name
-    except ValueError:
-        return False
-
-
-def _remove_orphan_batch(candidates: list[str], summary: PruneSummary) -> None:
-
-    ids = [uuid.UUID(c.split("/", 1)[1]) for c in candidates]
-    known = set(
-        TunixRun.objects.filter(output_dir__in=candidates).values_list("output_dir", flat=True)
-    )
-    known |= {f"runs/{i}" for i in TunixRun.objects.filter(id__in=ids).values_list("id", flat=True)}
-    chosen = storage.chosen_folders()
-    for relative in candidates:
-        # Never a folder that holds a live run's folder (one that chose runs/<uuid>/x).
-        if relative in known or storage.run_folders_inside(relative, chosen=chosen):
-            continue
-        path = _folder(relative)
-        if path is None:
-            continue
-        summary.orphans += 1
-        if summary.dry_run:
-            summary.file_bytes += folder_size(path)
-        else:
-            summary.file_bytes += remove_tree(path)
-
-
-def _folder(
-    output_dir: str, *, root: Path | None = None, parents: dict[Path, bool] | None = None
-) -> Path | None:
-    """The run's folder under the artifacts root, or None when the stored path would leave
-    it or passes through a symlink (which could lead to another run's folder): such a
-    folder is never removed. The same rules as paths.safe_relative, plus "no symlink on
-    the way"; `parents` caches the check of shared parent folders (runs/) for one batch."""
-    root = root or Path(settings.ARTIFACTS_DIR).resolve()
-    parts = output_dir.strip("/").split("/") if isinstance(output_dir, str) else []
-    if not parts or len(output_dir) > 1024 or not all(is_safe_segment(p) for p in parts):
-        return None
-    target = root.joinpath(*parts)
-    parent = target.parent
-    if parents is None or parent not in parents:
-        # resolve() follows every symlink: equal means there is none between root and here.
-        verdict = parent.resolve() == parent and (parent == root or parent.is_relative_to(root))
-        if parents is None:
-            parents = {}
-        parents[parent] = verdict
-    if not parents[parent]:
-        return None
-    try:
-        if stat.S_ISLNK(os.lstat(target).st_mode):
-            return None
-    except FileNotFoundError:
-        pass
-    return target
