@@ -98,12 +98,16 @@ class PruneSummary:
 
 def prunable(cutoff: datetime) -> QuerySet[TunixRun]:
     """Runs retention may delete: finished before `cutoff`, not pinned, and with no pending
-    or running child continuing from their checkpoint (a later pass takes them). Active
-    runs have no finished_at (and are excluded by status even if they had one)."""
+    or running child continuing from their checkpoint and no pending or running evaluation
+    or export reading it (a later pass takes them). Active runs have no finished_at (and
+    are excluded by status even if they had one)."""
     active_child = TunixRun.objects.filter(parent=OuterRef("pk"), status__in=ACTIVE_STATUSES)
-    return TunixRun.objects.filter(
-        status__in=FINAL_STATUSES, pinned=False, finished_at__lt=cutoff
-    ).exclude(Exists(active_child))
+    active_job = TunixRun.objects.filter(source=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+    return (
+        TunixRun.objects.filter(status__in=FINAL_STATUSES, pinned=False, finished_at__lt=cutoff)
+        .exclude(Exists(active_child))
+        .exclude(Exists(active_job))
+    )
 
 
 def prune(
@@ -203,10 +207,25 @@ def delete_batch(
     *, cutoff: datetime, after: tuple | None, batch_size: int, summary: PruneSummary, now: datetime
 ) -> tuple[tuple | None, int, list[FolderDeletion]]:
     """Step 1 of a batch, one transaction: take the next `batch_size` prunable runs after
-    the keyset position `after`, delete their rows and record their folders. Returns the
-    new position (None when nothing was left), the number of runs and the records, claimed
-    by this pass, for the FolderRemover once this has committed. Durable: it must really
-    commit before any file is removed, so it refuses to run inside another transaction."""
+    the keyset position `after`, delete their rows (and their evaluations' and exports')
+    and record their folders. Returns the new position (None when nothing was left), the
+    number of runs and the records, claimed by this pass, for the FolderRemover once this
+    has committed. Durable: it must really commit before any file is removed, so it
+    refuses to run inside another transaction."""
+    while True:
+        try:
+            return _delete_batch(cutoff, after, batch_size, summary, now)
+        except _JobStarted:
+            pass  # rolled back; the next try's selection sees the new job and skips its run
+
+
+class _JobStarted(Exception):
+    """An evaluation or export of a run in the batch was created after the batch was read."""
+
+
+def _delete_batch(
+    cutoff: datetime, after: tuple | None, batch_size: int, summary: PruneSummary, now: datetime
+) -> tuple[tuple | None, int, list[FolderDeletion]]:
     with transaction.atomic(durable=True):
         # Selected and locked in one statement. SKIP LOCKED (PostgreSQL) leaves runs that
         # another pass or a pin holds to them; a row changed meanwhile (pinned) is checked
@@ -218,13 +237,44 @@ def delete_batch(
         )
         if not rows:
             return None, 0, []
-        _delete_runs([run_id for _, run_id, _, _ in rows], summary)
-        summary.log_bytes += sum(log_bytes for *_, log_bytes in rows)
+        doomed = [(run_id, output_dir, log_bytes) for _, run_id, output_dir, log_bytes in rows]
+        doomed += _jobs_of([run_id for run_id, _, _ in doomed])
+        _delete_runs([run_id for run_id, _, _ in doomed], summary)
+        summary.log_bytes += sum(log_bytes for *_, log_bytes in doomed)
         # Every folder is recorded, existing or not: no file system work inside the lock.
         deletion = FolderDeletion.objects.create(
-            paths=[output_dir for _, _, output_dir, _ in rows if output_dir], claimed_at=now
+            paths=[output_dir for _, output_dir, _ in doomed if output_dir], claimed_at=now
         )
     return rows[-1][:2], len(rows), [deletion]
+
+
+def _jobs_of(run_ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, str, int]]:
+    """(id, output_dir, log_bytes) of the runs that go with `run_ids` (the model cascades
+    them: evaluations and exports, and theirs), locked. Raises _JobStarted when one is
+    active: a job created after `prunable` read the batch (its selection excludes runs
+    with active jobs)."""
+    fields = [
+        rel.field.name
+        for rel in TunixRun._meta.related_objects
+        if rel.related_model is TunixRun and rel.on_delete is CASCADE
+    ]
+    seen, frontier, found = set(run_ids), list(run_ids), []
+    while frontier and fields:
+        match = Q()
+        for name in fields:
+            match |= Q(**{f"{name}__in": frontier})
+        jobs = list(
+            TunixRun.objects.select_for_update()
+            .filter(match)
+            .exclude(id__in=seen)
+            .values_list("id", "output_dir", "log_bytes", "status")
+        )
+        if any(status in ACTIVE_STATUSES for *_, status in jobs):
+            raise _JobStarted
+        found += [job[:3] for job in jobs]
+        frontier = [job[0] for job in jobs]
+        seen.update(frontier)
+    return found
 
 
 def _delete_runs(run_ids: list[uuid.UUID], summary: PruneSummary) -> None:
@@ -269,6 +319,8 @@ def _sql_delete_plan(db: str):
             return None
         if rel.on_delete is SET_NULL:
             set_null.append(rel)
+        elif rel.on_delete is CASCADE and rel.related_model is TunixRun:
+            pass  # evaluations and exports: delete_batch puts them in the batch itself
         elif rel.on_delete is CASCADE and collector.can_fast_delete(rel.related_model):
             if rel.related_model not in (LogChunk, Metric):  # those are already gone
                 cascade.append(rel)
