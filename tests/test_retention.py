@@ -476,3 +476,27 @@ def test_two_passes_at_once_delete_each_run_exactly_once(transactional_db, run_f
     assert all(folder(run).is_dir() for run in kept)
     assert LogChunk.objects.count() == 3 * len(kept)
     assert not FolderDeletion.objects.exists()
+
+
+def test_a_folder_is_removed_in_one_walk_without_following_symlinks(tmp_path):
+    from runs.services.folder_removal import remove_folder
+
+    target = tmp_path / "run"
+    (target / "checkpoints" / "1" / "deep").mkdir(parents=True)
+    (target / "checkpoints" / "1" / "weights.bin").write_bytes(b"w" * 1000)
+    (target / "checkpoints" / "1" / "deep" / "state").write_bytes(b"s" * 20)
+    (target / "config.json").write_bytes(b"c" * 4)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"k" * 100)
+    (target / "link").symlink_to(outside, target_is_directory=True)
+    (target / "checkpoints" / "file-link").symlink_to(outside / "keep.txt")
+
+    assert remove_folder(target) == (1024, True)
+    assert not os.path.lexists(target)
+    assert (outside / "keep.txt").read_bytes() == b"k" * 100
+    assert remove_folder(target) == (0, True)  # already gone
+    link = tmp_path / "a-link"
+    link.symlink_to(outside, target_is_directory=True)
+    assert remove_folder(link) == (0, False)  # never followed
+    assert (outside / "keep.txt").is_file()

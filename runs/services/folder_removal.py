@@ -16,7 +16,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
@@ -26,9 +25,6 @@ from django.utils import timezone
 from .. import storage
 from ..models import FolderDeletion, TunixRun
 from ..storage import folder_size, is_safe_segment, remove_tree
-
-if TYPE_CHECKING:
-    from .retention import PruneSummary
 
 # Threads removing folders side by side, and how many committed batches may wait for them.
 REMOVE_THREADS = 8
@@ -85,15 +81,17 @@ class FolderRemover:
                     )
                 )
             parents: dict[Path, bool] = {}
-            futures = [
-                self.pool.submit(
-                    self._remove,
-                    path,
-                    path in in_use,
-                    parents,
-                    storage.artifacts_paths(storage.run_folders_inside(path, chosen=self.chosen)),
-                )
+            # Read here, on the thread that owns the database connection.
+            work = [
+                (path, path in in_use, storage.run_folders_inside(path, chosen=self.chosen))
                 for path in deletion.paths
+            ]
+            # A few futures per batch, each a slice of its folders: one per folder would
+            # cost more in thread hand-offs than many folders take to remove.
+            step = max(1, -(-len(work) // REMOVE_THREADS))
+            futures = [
+                self.pool.submit(self._remove_slice, work[start : start + step], parents)
+                for start in range(0, len(work), step)
             ]
             self.pending.append((deletion, futures))
 
@@ -105,7 +103,7 @@ class FolderRemover:
             or all(f.done() for f in self.pending[0][1])
         ):
             deletion, futures = self.pending.popleft()
-            results = [f.result() for f in futures]
+            results = [result for f in futures for result in f.result()]
             left = [p for p, (_, gone) in zip(deletion.paths, results, strict=True) if not gone]
             if left:
                 FolderDeletion.objects.filter(id=deletion.id).update(paths=left)
@@ -115,15 +113,67 @@ class FolderRemover:
             freed += sum(size for size, _ in results)
         return finished, freed
 
+    def _remove_slice(self, work: list[tuple[str, bool, set[str]]], parents: dict) -> list:
+        return [self._remove(*item, parents) for item in work]
+
     def _remove(
-        self, relative: str, in_use: bool, parents: dict, keep: set[Path]
+        self, relative: str, in_use: bool, inside: set[str], parents: dict
     ) -> tuple[int, bool]:
-        """Remove one folder, never the live runs' folders inside it (`keep`)."""
+        """Remove one folder, never the live runs' folders inside it: (bytes freed, gone)."""
         path = None if in_use else safe_folder(relative, root=self.root, parents=parents)
         if path is None:
             return 0, True
-        freed = remove_tree(path, keep=keep) + storage.stored_folder_remove(relative)
-        return freed, bool(keep) or not os.path.lexists(path)
+        if inside:
+            freed = remove_tree(path, keep=storage.artifacts_paths(inside))
+            return freed + storage.stored_folder_remove(relative), True
+        freed, gone = remove_folder(path)
+        return freed + storage.stored_folder_remove(relative), gone
+
+
+def remove_folder(path: Path) -> tuple[int, bool]:
+    """Remove a folder and everything in it in one walk, by file descriptors, never
+    following a symlink (one inside is removed as a link): (bytes of regular files freed,
+    gone). What cannot be removed stays, and then the folder is not gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0, True
+    except OSError:  # not a folder, or a symlink now
+        return 0, False
+    try:
+        freed = _empty_folder(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return freed, False
+    return freed, True
+
+
+def _empty_folder(dir_fd: int) -> int:
+    freed = 0
+    with os.scandir(dir_fd) as scan:
+        entries = list(scan)
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                fd = os.open(entry.name, flags, dir_fd=dir_fd)
+                try:
+                    freed += _empty_folder(fd)
+                finally:
+                    os.close(fd)
+                os.rmdir(entry.name, dir_fd=dir_fd)
+            else:
+                info = entry.stat(follow_symlinks=False)
+                os.unlink(entry.name, dir_fd=dir_fd)
+                freed += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        except OSError:
+            continue  # left in place: the folder is then not gone, and is tried again
+    return freed
 
 
 def record_folder_deletion(run: TunixRun, *, now: datetime | None = None) -> list[FolderDeletion]:
@@ -139,16 +189,18 @@ def _stale_claims(now: datetime) -> Q:
     return Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE)
 
 
-def finish_leftovers(summary: PruneSummary, *, now: datetime, batch_size: int = 20) -> None:
-    """Folders whose rows were deleted by a pass that died before removing them."""
-    if summary.dry_run:
+def finish_leftovers(*, now: datetime, dry_run: bool, batch_size: int = 20) -> tuple[int, int]:
+    """Folders whose rows were deleted by a pass that died before removing them:
+    (folders, bytes) removed, or that would be."""
+    folders = freed = 0
+    if dry_run:
         for deletion in FolderDeletion.objects.filter(_stale_claims(now)).iterator():
             for relative in deletion.paths:
                 path = safe_folder(relative)
                 if path is not None and path.is_dir():
-                    summary.leftovers += 1
-                    summary.file_bytes += folder_size(path)
-        return
+                    folders += 1
+                    freed += folder_size(path)
+        return folders, freed
     while True:
         with transaction.atomic(durable=True):
             ids = list(
@@ -160,29 +212,36 @@ def finish_leftovers(summary: PruneSummary, *, now: datetime, batch_size: int = 
             # again even if a folder cannot be removed.
             FolderDeletion.objects.filter(id__in=ids).update(claimed_at=now)
         if not ids:
-            return
-        finished, freed = remove_folders(list(FolderDeletion.objects.filter(id__in=ids)))
-        summary.leftovers += finished
-        summary.file_bytes += freed
+            return folders, freed
+        finished, size = remove_folders(list(FolderDeletion.objects.filter(id__in=ids)))
+        folders += finished
+        freed += size
 
 
-def remove_orphans(summary: PruneSummary, *, now: datetime, batch_size: int = 500) -> None:
-    """Folders named runs/<uuid> (the default output folder) whose run row is gone.
-    Symlinks, other names and anything outside the artifacts root are never touched."""
+def remove_orphans(*, now: datetime, dry_run: bool, batch_size: int = 500) -> tuple[int, int]:
+    """Folders named runs/<uuid> (the default output folder) whose run row is gone:
+    (folders, bytes) removed, or that would be. Symlinks, other names and anything outside
+    the artifacts root are never touched."""
     runs_root = Path(settings.ARTIFACTS_DIR).resolve() / "runs"
     if not runs_root.is_dir() or runs_root.is_symlink():
-        return
+        return 0, 0
     old_enough = (now - ORPHAN_GRACE).timestamp()
     candidates: list[str] = []
+    chosen: list[str] | None = None  # read once, when the first candidate turns up
+    folders = freed = 0
     with os.scandir(runs_root) as entries:
         for entry in entries:
             if _looks_like_run_folder(entry) and _modified_before(entry, old_enough):
                 candidates.append(f"runs/{entry.name}")
-                if len(candidates) >= batch_size:
-                    _remove_orphan_batch(candidates, summary)
-                    candidates = []
+            if len(candidates) >= batch_size:
+                chosen = storage.chosen_folders() if chosen is None else chosen
+                found, size = _remove_orphan_batch(candidates, chosen, dry_run)
+                folders, freed, candidates = folders + found, freed + size, []
     if candidates:
-        _remove_orphan_batch(candidates, summary)
+        chosen = storage.chosen_folders() if chosen is None else chosen
+        found, size = _remove_orphan_batch(candidates, chosen, dry_run)
+        folders, freed = folders + found, freed + size
+    return folders, freed
 
 
 def _modified_before(entry: os.DirEntry, moment: float) -> bool:
@@ -201,14 +260,15 @@ def _looks_like_run_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def _remove_orphan_batch(candidates: list[str], summary: PruneSummary) -> None:
-
+def _remove_orphan_batch(
+    candidates: list[str], chosen: list[str], dry_run: bool
+) -> tuple[int, int]:
     ids = [uuid.UUID(c.split("/", 1)[1]) for c in candidates]
     known = set(
         TunixRun.objects.filter(output_dir__in=candidates).values_list("output_dir", flat=True)
     )
     known |= {f"runs/{i}" for i in TunixRun.objects.filter(id__in=ids).values_list("id", flat=True)}
-    chosen = storage.chosen_folders()
+    folders = freed = 0
     for relative in candidates:
         # Never a folder that holds a live run's folder (one that chose runs/<uuid>/x).
         if relative in known or storage.run_folders_inside(relative, chosen=chosen):
@@ -216,11 +276,9 @@ def _remove_orphan_batch(candidates: list[str], summary: PruneSummary) -> None:
         path = safe_folder(relative)
         if path is None:
             continue
-        summary.orphans += 1
-        if summary.dry_run:
-            summary.file_bytes += folder_size(path)
-        else:
-            summary.file_bytes += remove_tree(path)
+        folders += 1
+        freed += folder_size(path) if dry_run else remove_folder(path)[0]
+    return folders, freed
 
 
 def safe_folder(
