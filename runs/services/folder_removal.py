@@ -29,6 +29,7 @@ from ..storage import folder_size, is_safe_segment, remove_tree
 # Threads removing folders side by side, and how many committed batches may wait for them.
 REMOVE_THREADS = 8
 MAX_BATCHES_IN_FLIGHT = 4
+RECORDS_PER_DELETE = 16
 # A pass removes the folders of its own batch seconds after the commit. A claim older than
 # this belongs to a pass that died (or whose removal failed): a later pass takes it over.
 CLAIM_LEASE = timedelta(hours=1)
@@ -58,6 +59,7 @@ class FolderRemover:
         self.root = Path(settings.ARTIFACTS_DIR).resolve()
         self.pool = ThreadPoolExecutor(max_workers=REMOVE_THREADS, thread_name_prefix="rm")
         self.pending: deque[tuple[FolderDeletion, list[Future]]] = deque()
+        self.done_records: list[int] = []
         # Runs that chose their folder (before every run wrote to runs/<id>) can sit inside
         # a folder removed here: read once, so a batch costs no query per folder.
         self.chosen = storage.chosen_folders()
@@ -96,6 +98,10 @@ class FolderRemover:
             self.pending.append((deletion, futures))
 
     def collect(self, *, wait: bool = False) -> tuple[int, int]:
+        """(folders, bytes) of the batches finished since the last call; with `wait`, of
+        all. Records of finished batches are dropped a few at a time (each statement is a
+        commit, a wait for the disk); one that a crash leaves names folders that are gone,
+        which a later pass drops."""
         finished = freed = 0
         while self.pending and (
             wait
@@ -108,9 +114,13 @@ class FolderRemover:
             if left:
                 FolderDeletion.objects.filter(id=deletion.id).update(paths=left)
             else:
-                FolderDeletion.objects.filter(id=deletion.id)._raw_delete(FolderDeletion.objects.db)
+                self.done_records.append(deletion.id)
             finished += len(deletion.paths) - len(left)
             freed += sum(size for size, _ in results)
+        if self.done_records and (wait or len(self.done_records) >= RECORDS_PER_DELETE):
+            records = FolderDeletion.objects.filter(id__in=self.done_records)
+            records._raw_delete(records.db)
+            self.done_records = []
         return finished, freed
 
     def _remove_slice(self, work: list[tuple[str, bool, set[str]]], parents: dict) -> list:
