@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/dataset_validate.py            # 200 MB (the issue's size)
     .venv/bin/python bench/dataset_validate.py --mb 20    # a quick smoke run
+    .venv/bin/python bench/dataset_validate.py --repeat 5 # median of 5 (default 3)
 
 Each measurement runs in a fresh interpreter, so its peak resident memory (ru_maxrss) is its
-own. The same validation is measured at the full size and at a tenth of it: flat memory
-means the two peaks are about the same, whatever the file size. A second pass measures the
-length statistics behind the preview page and the dry-run's truncation figure.
+own; each is repeated and the run with the median time is shown. The same validation is
+measured at the full size and at a tenth of it: flat memory means the two peaks are about
+the same, whatever the file size. A second pass measures the length statistics behind the
+preview page and the dry-run's truncation figure.
 """
 
 from __future__ import annotations
@@ -106,6 +108,18 @@ def measure(path: Path, mode: str, workdir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_median(path: Path, mode: str, workdir: Path, repeat: int) -> dict:
+    """The run with the median time of `repeat` runs, with every run's time alongside."""
+    results = sorted((measure(path, mode, workdir) for _ in range(repeat)), key=seconds)
+    median = dict(results[len(results) // 2])
+    median["all_seconds"] = [r["seconds"] for r in results]
+    return median
+
+
+def seconds(result: dict) -> float:
+    return result["seconds"]
+
+
 def report(label: str, size: int, result: dict) -> None:
     rate = result["rows"] / result["seconds"]
     mb_s = size / result["seconds"] / 1e6
@@ -115,6 +129,9 @@ def report(label: str, size: int, result: dict) -> None:
         f"{result['seconds']:7.2f} s {rate:>10,.0f} rows/s {mb_s:7.1f} MB/s "
         f"peak RSS {result['rss_peak_mib']:6.1f} MiB (+{growth:.1f} MiB over start)"
     )
+    runs = ", ".join(f"{t:.2f}" for t in result.get("all_seconds", []))
+    if len(result.get("all_seconds", [])) > 1:
+        print(f"{'':<28} median of {len(result['all_seconds'])} runs: {runs} s")
 
 
 def main() -> None:
@@ -124,6 +141,9 @@ def main() -> None:
         type=float,
         default=float(os.environ.get("BENCH_DATASET_MB", "200")),
         help="size of the large file in MB (default 200, or $BENCH_DATASET_MB)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per measurement; the median is shown"
     )
     args = parser.parse_args()
     big = int(args.mb * 1e6)
@@ -135,17 +155,21 @@ def main() -> None:
             path = workdir / f"data-{size}.jsonl"
             make_file(path, size)
             files[size] = path
-        print(f"python {sys.version.split()[0]}; files written under {workdir}")
+        print(
+            f"python {sys.version.split()[0]}; files written under {workdir}; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
         results = {}
         for size, path in files.items():
-            results[size] = measure(path, "validate", workdir)
+            results[size] = measure_median(path, "validate", workdir, args.repeat)
             report("validate + hash + copy", path.stat().st_size, results[size])
         ratio = results[big]["rss_peak_mib"] / results[small]["rss_peak_mib"]
         print(
             f"peak memory ratio, {big / 1e6:.0f} MB vs {small / 1e6:.0f} MB file: {ratio:.2f} "
             "(1.00 = flat)"
         )
-        stats = measure(files[big], "stats", workdir)
+        stats = measure_median(files[big], "stats", workdir, args.repeat)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
         report("length stats (characters)", files[big].stat().st_size, stats)
 
 

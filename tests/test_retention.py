@@ -19,7 +19,7 @@ from django_q.models import Schedule
 from runs import services, storage, tasks
 from runs.datasets import services as dataset_services
 from runs.errors import Conflict, InvalidInput
-from runs.models import FolderDeletion, LogChunk, Metric, RunStatus, TunixRun
+from runs.models import EvaluationRow, FolderDeletion, LogChunk, Metric, RunStatus, TunixRun
 from runs.services import retention
 
 from .conftest import REPO, database_env
@@ -130,6 +130,69 @@ def test_a_pruned_parent_leaves_its_continued_runs_in_place_unlinked(run_factory
     assert services.runs_prune(older_than_days=30).runs == 1
     child.refresh_from_db()
     assert child.parent_id is None and not exists(parent)
+
+
+def make_job(run_factory, source, *, kind="evaluate", status="completed", finished=None):
+    """An evaluation or export of `source`, as the worker leaves it, with evaluation rows."""
+    job = make_run(run_factory, finished=finished or timezone.now(), status=status)
+    TunixRun.objects.filter(id=job.id).update(kind=kind, source=source)
+    EvaluationRow.objects.bulk_create(
+        EvaluationRow(
+            evaluation=job, index=i, prompt="p", reference="r", base_output="b",
+            tuned_output="t", base_score=0.0, tuned_score=1.0, change="better",
+        )
+        for i in range(3)
+    )  # fmt: skip
+    return job
+
+
+@pytest.mark.django_db
+def test_a_pruned_run_takes_its_evaluations_and_exports_with_their_rows_and_folders(run_factory):
+    source = make_run(run_factory, finished=timezone.now() - 60 * DAY)
+    evaluation = make_job(run_factory, source)
+    export = make_job(run_factory, source, kind="export")
+    TunixRun.objects.filter(id=export.id).update(pinned=True)  # a job goes with its run
+    other = make_run(run_factory, finished=timezone.now() - 60 * DAY)
+
+    summary = services.runs_prune(older_than_days=30, batch_size=1)
+
+    assert TunixRun.objects.count() == 0
+    assert (summary.runs, summary.log_chunks, summary.metrics) == (4, 12, 8)
+    assert summary.file_bytes == 4 * 1024 and summary.log_bytes == 4 * 210
+    for gone in (source, evaluation, export, other):
+        assert not folder(gone).exists()
+    assert not EvaluationRow.objects.exists() and not LogChunk.objects.exists()
+    assert not FolderDeletion.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [RunStatus.PENDING, RunStatus.RUNNING])
+def test_a_run_that_an_active_evaluation_reads_is_kept(run_factory, status):
+    source = make_run(run_factory, finished=timezone.now() - 60 * DAY)
+    job = make_job(run_factory, source, status=status)
+    TunixRun.objects.filter(id=job.id).update(finished_at=None)
+    assert services.runs_prune(older_than_days=30).runs == 0
+    assert exists(source) and exists(job) and folder(source).is_dir()
+    assert EvaluationRow.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_an_evaluation_created_after_the_batch_was_read_keeps_its_run(run_factory, monkeypatch):
+    source = make_run(run_factory, finished=timezone.now() - 60 * DAY)
+    job = make_job(run_factory, source, status=RunStatus.PENDING)
+    real, calls = retention.prunable, []
+
+    def blind_to_the_new_job(cutoff):
+        # The first selection read the runs just before the job was committed.
+        calls.append(cutoff)
+        if len(calls) > 2:
+            return real(cutoff)
+        return TunixRun.objects.filter(finished_at__lt=cutoff, status="completed")
+
+    monkeypatch.setattr(retention, "prunable", blind_to_the_new_job)
+    summary = services.runs_prune(older_than_days=30)
+    assert summary.runs == 0 and len(calls) == 3  # the count, the try refused, the retry
+    assert exists(source) and exists(job) and folder(source).is_dir()
 
 
 @pytest.mark.django_db
@@ -413,3 +476,27 @@ def test_two_passes_at_once_delete_each_run_exactly_once(transactional_db, run_f
     assert all(folder(run).is_dir() for run in kept)
     assert LogChunk.objects.count() == 3 * len(kept)
     assert not FolderDeletion.objects.exists()
+
+
+def test_a_folder_is_removed_in_one_walk_without_following_symlinks(tmp_path):
+    from runs.services.folder_removal import remove_folder
+
+    target = tmp_path / "run"
+    (target / "checkpoints" / "1" / "deep").mkdir(parents=True)
+    (target / "checkpoints" / "1" / "weights.bin").write_bytes(b"w" * 1000)
+    (target / "checkpoints" / "1" / "deep" / "state").write_bytes(b"s" * 20)
+    (target / "config.json").write_bytes(b"c" * 4)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"k" * 100)
+    (target / "link").symlink_to(outside, target_is_directory=True)
+    (target / "checkpoints" / "file-link").symlink_to(outside / "keep.txt")
+
+    assert remove_folder(target) == (1024, True)
+    assert not os.path.lexists(target)
+    assert (outside / "keep.txt").read_bytes() == b"k" * 100
+    assert remove_folder(target) == (0, True)  # already gone
+    link = tmp_path / "a-link"
+    link.symlink_to(outside, target_is_directory=True)
+    assert remove_folder(link) == (0, False)  # never followed
+    assert (outside / "keep.txt").is_file()

@@ -4,9 +4,10 @@ queue tasks call these; none of them holds logic of its own. Datasets have their
 
 Modules: `runs` (creation: plan, create, rerun, resume), `lifecycle` (enqueue, claim,
 prepare, supervise, finish, cancel, reap), `deletion` (delete, prune, pin), `retention` (the
-batched pruning behind `runs_prune`), `tokens`, `schedules`, `hosts` (worker hosts: beat, probe,
-wake, poll), `work` (a woken worker starts one run), `jobs` (evaluations and exports of a
-trained run), `playground` (prompts answered by a trained run and its base model)."""
+batched pruning behind `runs_prune`), `folder_removal` (run folders, after their rows),
+`tokens`, `schedules`, `hosts` (worker hosts: beat, probe, wake, poll), `work` (a woken
+worker starts one run), `jobs` (evaluations and exports of a trained run), `playground`
+(prompts answered by a trained run and its base model)."""
 
 from ..formatting import plan_sentence
 from .deletion import run_delete, run_set_pinned, runs_prune, runs_prune_expired

@@ -15,40 +15,46 @@ never locked for long. Entry points call `services.runs_prune`, not this module.
 
 from __future__ import annotations
 
-import os
-import stat
 import uuid
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from django.conf import settings
-from django.db import transaction
-from django.db.models import CASCADE, DO_NOTHING, SET_NULL, Exists, OuterRef, Q, QuerySet, signals
+from django.db import connection, transaction
+from django.db.models import (
+    CASCADE,
+    DO_NOTHING,
+    SET_NULL,
+    BooleanField,
+    Exists,
+    OuterRef,
+    Q,
+    QuerySet,
+    signals,
+)
 from django.db.models.deletion import Collector
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from .. import storage
 from ..errors import InvalidInput
 from ..formatting import human_bytes
 from ..models import ACTIVE_STATUSES, FINAL_STATUSES, FolderDeletion, LogChunk, Metric, TunixRun
-from ..storage import folder_size, is_safe_segment, remove_tree
+from ..storage import folder_size
+from .folder_removal import (
+    CLAIM_LEASE,
+    ORPHAN_GRACE,
+    FolderRemover,
+    finish_leftovers,
+    record_folder_deletion,
+    remove_folders,
+    remove_orphans,
+    safe_folder,
+)
 from .store_sweep import remove_stored_orphans
 
+__all__ = ["CLAIM_LEASE", "record_folder_deletion", "remove_folders"]  # for deletion, tests
+
 DEFAULT_BATCH_SIZE = 500
-# Threads removing folders side by side, and how many committed batches may wait for them.
-REMOVE_THREADS = 8
-MAX_BATCHES_IN_FLIGHT = 4
-# A pass removes the folders of its own batch seconds after the commit. A claim older than
-# this belongs to a pass that died (or whose removal failed): a later pass takes it over.
-CLAIM_LEASE = timedelta(hours=1)
-# A folder under runs/ with no run row is an orphan (rows deleted by other means, e.g. a
-# shell). Only folders untouched this long are removed, in case something creates a run's
-# folder just before its row becomes visible.
-ORPHAN_GRACE = timedelta(hours=1)
 
 Progress = Callable[[int, int], None]
 
@@ -105,12 +111,16 @@ class PruneSummary:
 
 def prunable(cutoff: datetime) -> QuerySet[TunixRun]:
     """Runs retention may delete: finished before `cutoff`, not pinned, and with no pending
-    or running child continuing from their checkpoint (a later pass takes them). Active
-    runs have no finished_at (and are excluded by status even if they had one)."""
+    or running child continuing from their checkpoint and no pending or running evaluation
+    or export reading it (a later pass takes them). Active runs have no finished_at (and
+    are excluded by status even if they had one)."""
     active_child = TunixRun.objects.filter(parent=OuterRef("pk"), status__in=ACTIVE_STATUSES)
-    return TunixRun.objects.filter(
-        status__in=FINAL_STATUSES, pinned=False, finished_at__lt=cutoff
-    ).exclude(Exists(active_child))
+    active_job = TunixRun.objects.filter(source=OuterRef("pk"), status__in=ACTIVE_STATUSES)
+    return (
+        TunixRun.objects.filter(status__in=FINAL_STATUSES, pinned=False, finished_at__lt=cutoff)
+        .exclude(Exists(active_child))
+        .exclude(Exists(active_job))
+    )
 
 
 def prune(
@@ -135,7 +145,7 @@ def prune(
     # N days ago is kept until the next pass.
     cutoff = now - timedelta(days=older_than_days)
     summary = PruneSummary(cutoff=cutoff, dry_run=dry_run)
-    _finish_leftovers(summary, now=now)
+    summary.leftovers, summary.file_bytes = finish_leftovers(now=now, dry_run=dry_run)
 
     total = prunable(cutoff).count()
     done = 0
@@ -166,7 +176,9 @@ def prune(
                     progress(min(done, total), total)
             summary.file_bytes += remover.collect(wait=True)[1]
 
-    _remove_orphans(summary, now=now)
+    orphans, orphan_bytes = remove_orphans(now=now, dry_run=dry_run)
+    summary.orphans += orphans
+    summary.file_bytes += orphan_bytes
     remove_stored_orphans(summary, now=now, grace=ORPHAN_GRACE)
     return summary
 
@@ -202,7 +214,7 @@ def _count_batch(run_ids: list[uuid.UUID], summary: PruneSummary) -> None:
     summary.log_chunks += LogChunk.objects.filter(run_id__in=run_ids).count()
     summary.metrics += Metric.objects.filter(run_id__in=run_ids).count()
     for output_dir, _ in rows:
-        path = _folder(output_dir)
+        path = safe_folder(output_dir)
         if path is not None and path.is_dir():
             summary.file_bytes += folder_size(path)
 
@@ -211,10 +223,25 @@ def delete_batch(
     *, cutoff: datetime, after: tuple | None, batch_size: int, summary: PruneSummary, now: datetime
 ) -> tuple[tuple | None, int, list[FolderDeletion]]:
     """Step 1 of a batch, one transaction: take the next `batch_size` prunable runs after
-    the keyset position `after`, delete their rows and record their folders. Returns the
-    new position (None when nothing was left), the number of runs and the records, claimed
-    by this pass, for the FolderRemover once this has committed. Durable: it must really
-    commit before any file is removed, so it refuses to run inside another transaction."""
+    the keyset position `after`, delete their rows (and their evaluations' and exports')
+    and record their folders. Returns the new position (None when nothing was left), the
+    number of runs and the records, claimed by this pass, for the FolderRemover once this
+    has committed. Durable: it must really commit before any file is removed, so it
+    refuses to run inside another transaction."""
+    while True:
+        try:
+            return _delete_batch(cutoff, after, batch_size, summary, now)
+        except _JobStarted:
+            pass  # rolled back; the next try's selection sees the new job and skips its run
+
+
+class _JobStarted(Exception):
+    """An evaluation or export of a run in the batch was created after the batch was read."""
+
+
+def _delete_batch(
+    cutoff: datetime, after: tuple | None, batch_size: int, summary: PruneSummary, now: datetime
+) -> tuple[tuple | None, int, list[FolderDeletion]]:
     with transaction.atomic(durable=True):
         # Selected and locked in one statement. SKIP LOCKED (PostgreSQL) leaves runs that
         # another pass or a pin holds to them; a row changed meanwhile (pinned) is checked
@@ -226,13 +253,44 @@ def delete_batch(
         )
         if not rows:
             return None, 0, []
-        _delete_runs([run_id for _, run_id, _, _ in rows], summary)
-        summary.log_bytes += sum(log_bytes for *_, log_bytes in rows)
+        doomed = [(run_id, output_dir, log_bytes) for _, run_id, output_dir, log_bytes in rows]
+        doomed += _jobs_of([run_id for run_id, _, _ in doomed])
+        _delete_runs([run_id for run_id, _, _ in doomed], summary)
+        summary.log_bytes += sum(log_bytes for *_, log_bytes in doomed)
         # Every folder is recorded, existing or not: no file system work inside the lock.
         deletion = FolderDeletion.objects.create(
-            paths=[output_dir for _, _, output_dir, _ in rows if output_dir], claimed_at=now
+            paths=[output_dir for _, output_dir, _ in doomed if output_dir], claimed_at=now
         )
     return rows[-1][:2], len(rows), [deletion]
+
+
+def _jobs_of(run_ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, str, int]]:
+    """(id, output_dir, log_bytes) of the runs that go with `run_ids` (the model cascades
+    them: evaluations and exports, and theirs), locked. Raises _JobStarted when one is
+    active: a job created after `prunable` read the batch (its selection excludes runs
+    with active jobs)."""
+    fields = [
+        rel.field.name
+        for rel in TunixRun._meta.related_objects
+        if rel.related_model is TunixRun and rel.on_delete is CASCADE
+    ]
+    seen, frontier, found = set(run_ids), list(run_ids), []
+    while frontier and fields:
+        match = Q()
+        for name in fields:
+            match |= Q(_in(TunixRun, name, frontier))
+        jobs = list(
+            TunixRun.objects.select_for_update()
+            .filter(match)
+            .exclude(_in(TunixRun, "id", list(seen)))
+            .values_list("id", "output_dir", "log_bytes", "status")
+        )
+        if any(status in ACTIVE_STATUSES for *_, status in jobs):
+            raise _JobStarted
+        found += [job[:3] for job in jobs]
+        frontier = [job[0] for job in jobs]
+        seen.update(frontier)
+    return found
 
 
 def _delete_runs(run_ids: list[uuid.UUID], summary: PruneSummary) -> None:
@@ -241,8 +299,8 @@ def _delete_runs(run_ids: list[uuid.UUID], summary: PruneSummary) -> None:
     added later is honoured; one this cannot do in plain SQL (PROTECT, signal receivers,
     many-to-many) sends the batch through the ORM's collector instead."""
     db = TunixRun.objects.db
-    summary.log_chunks += LogChunk.objects.filter(run_id__in=run_ids)._raw_delete(db)
-    summary.metrics += Metric.objects.filter(run_id__in=run_ids)._raw_delete(db)
+    summary.log_chunks += LogChunk.objects.filter(_in(LogChunk, "run", run_ids))._raw_delete(db)
+    summary.metrics += Metric.objects.filter(_in(Metric, "run", run_ids))._raw_delete(db)
     plan = _sql_delete_plan(db)
     if plan is None:
         _, per_model = TunixRun.objects.filter(id__in=run_ids).delete()
@@ -250,14 +308,26 @@ def _delete_runs(run_ids: list[uuid.UUID], summary: PruneSummary) -> None:
         return
     set_null, cascade = plan
     for rel in set_null:
-        rel.related_model._base_manager.using(db).filter(
-            **{f"{rel.field.name}__in": run_ids}
-        ).update(**{rel.field.name: None})
+        rows = rel.related_model._base_manager.using(db)
+        rows.filter(_in(rel.related_model, rel.field.name, run_ids)).update(
+            **{rel.field.name: None}
+        )
     for rel in cascade:
-        rel.related_model._base_manager.using(db).filter(
-            **{f"{rel.field.name}__in": run_ids}
-        )._raw_delete(db)
-    summary.runs += TunixRun.objects.filter(id__in=run_ids)._raw_delete(db)
+        rows = rel.related_model._base_manager.using(db)
+        rows.filter(_in(rel.related_model, rel.field.name, run_ids))._raw_delete(db)
+    summary.runs += TunixRun.objects.filter(_in(TunixRun, "id", run_ids))._raw_delete(db)
+
+
+def _in(model, name: str, ids: list) -> Q | RawSQL:
+    """`name IN ids` for a filter. On PostgreSQL the ids go as one array parameter
+    (`= ANY(%s)`): as 500 parameters, Django and psycopg spend milliseconds preparing each
+    statement of a batch, more than the database takes to run it."""
+    if connection.vendor != "postgresql":
+        return Q(**{f"{name}__in": ids})
+    quote = connection.ops.quote_name
+    column = f"{quote(model._meta.db_table)}.{quote(model._meta.get_field(name).column)}"
+    # Names from the model, quoted; the ids are a parameter.
+    return RawSQL(f"{column} = ANY(%s)", [ids], output_field=BooleanField())  # noqa: S611
 
 
 def _sql_delete_plan(db: str):
@@ -277,219 +347,11 @@ def _sql_delete_plan(db: str):
             return None
         if rel.on_delete is SET_NULL:
             set_null.append(rel)
+        elif rel.on_delete is CASCADE and rel.related_model is TunixRun:
+            pass  # evaluations and exports: delete_batch puts them in the batch itself
         elif rel.on_delete is CASCADE and collector.can_fast_delete(rel.related_model):
             if rel.related_model not in (LogChunk, Metric):  # those are already gone
                 cascade.append(rel)
         elif rel.on_delete is not DO_NOTHING:
             return None
     return set_null, cascade
-
-
-def remove_folders(deletions: list[FolderDeletion]) -> tuple[int, int]:
-    """Step 2, after the rows are committed: remove the folders, then their records.
-    Returns (folders finished, bytes freed). Folders that are still there afterwards stay
-    in their record, so a later pass tries again once the claim has expired."""
-    with FolderRemover() as remover:
-        remover.submit(deletions)
-        return remover.collect(wait=True)
-
-
-class FolderRemover:
-    """Removes the folders of committed batches on worker threads while the caller goes on
-    with the next batch; `collect` updates the records of finished batches (on the caller's
-    thread, which owns the database connection). Removing a folder is mostly waiting on the
-    file system's journal, so side by side a batch goes many times faster. At most
-    MAX_BATCHES_IN_FLIGHT batches wait, so memory stays flat."""
-
-    def __init__(self):
-        self.root = Path(settings.ARTIFACTS_DIR).resolve()
-        self.pool = ThreadPoolExecutor(max_workers=REMOVE_THREADS, thread_name_prefix="rm")
-        self.pending: deque[tuple[FolderDeletion, list[Future]]] = deque()
-        # Runs that chose their folder (before every run wrote to runs/<id>) can sit inside
-        # a folder removed here: read once, so a batch costs no query per folder.
-        self.chosen = storage.chosen_folders()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        # On an error the records stay: a later pass finishes those folders.
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, deletions: list[FolderDeletion], *, check_in_use: bool = True) -> None:
-        for deletion in deletions:
-            # A folder that is a run's folder again (its name reused after an earlier
-            # removal, for an old record) is never touched; only the record forgets it.
-            in_use = set()
-            if check_in_use and deletion.paths:
-                in_use = set(
-                    TunixRun.objects.filter(output_dir__in=deletion.paths).values_list(
-                        "output_dir", flat=True
-                    )
-                )
-            parents: dict[Path, bool] = {}
-            futures = [
-                self.pool.submit(
-                    self._remove,
-                    path,
-                    path in in_use,
-                    parents,
-                    storage.artifacts_paths(storage.run_folders_inside(path, chosen=self.chosen)),
-                )
-                for path in deletion.paths
-            ]
-            self.pending.append((deletion, futures))
-
-    def collect(self, *, wait: bool = False) -> tuple[int, int]:
-        finished = freed = 0
-        while self.pending and (
-            wait
-            or len(self.pending) > MAX_BATCHES_IN_FLIGHT
-            or all(f.done() for f in self.pending[0][1])
-        ):
-            deletion, futures = self.pending.popleft()
-            results = [f.result() for f in futures]
-            left = [p for p, (_, gone) in zip(deletion.paths, results, strict=True) if not gone]
-            if left:
-                FolderDeletion.objects.filter(id=deletion.id).update(paths=left)
-            else:
-                FolderDeletion.objects.filter(id=deletion.id)._raw_delete(FolderDeletion.objects.db)
-            finished += len(deletion.paths) - len(left)
-            freed += sum(size for size, _ in results)
-        return finished, freed
-
-    def _remove(
-        self, relative: str, in_use: bool, parents: dict, keep: set[Path]
-    ) -> tuple[int, bool]:
-        """Remove one folder, never the live runs' folders inside it (`keep`)."""
-        path = None if in_use else _folder(relative, root=self.root, parents=parents)
-        if path is None:
-            return 0, True
-        freed = remove_tree(path, keep=keep) + storage.stored_folder_remove(relative)
-        return freed, bool(keep) or not os.path.lexists(path)
-
-
-def record_folder_deletion(run: TunixRun, *, now: datetime | None = None) -> list[FolderDeletion]:
-    """For a single delete (services.run_delete), inside its transaction: the record a
-    retention batch writes, claimed by the caller. Empty when the run has no folder."""
-    path = _folder(run.output_dir)
-    if path is None or not (path.exists() or settings.ARTIFACTS_URL):
-        return []
-    return [FolderDeletion.objects.create(paths=[run.output_dir], claimed_at=now or timezone.now())]
-
-
-def _stale_claims(now: datetime) -> Q:
-    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_LEASE)
-
-
-def _finish_leftovers(summary: PruneSummary, *, now: datetime, batch_size: int = 20) -> None:
-    """Folders whose rows were deleted by a pass that died before removing them."""
-    if summary.dry_run:
-        for deletion in FolderDeletion.objects.filter(_stale_claims(now)).iterator():
-            for relative in deletion.paths:
-                path = _folder(relative)
-                if path is not None and path.is_dir():
-                    summary.leftovers += 1
-                    summary.file_bytes += folder_size(path)
-        return
-    while True:
-        with transaction.atomic(durable=True):
-            ids = list(
-                FolderDeletion.objects.select_for_update(skip_locked=True)
-                .filter(_stale_claims(now))
-                .values_list("id", flat=True)[:batch_size]
-            )
-            # Claimed now: a concurrent pass skips them, and this loop does not see them
-            # again even if a folder cannot be removed.
-            FolderDeletion.objects.filter(id__in=ids).update(claimed_at=now)
-        if not ids:
-            return
-        finished, freed = remove_folders(list(FolderDeletion.objects.filter(id__in=ids)))
-        summary.leftovers += finished
-        summary.file_bytes += freed
-
-
-def _remove_orphans(summary: PruneSummary, *, now: datetime, batch_size: int = 500) -> None:
-    """Folders named runs/<uuid> (the default output folder) whose run row is gone.
-    Symlinks, other names and anything outside the artifacts root are never touched."""
-    runs_root = Path(settings.ARTIFACTS_DIR).resolve() / "runs"
-    if not runs_root.is_dir() or runs_root.is_symlink():
-        return
-    old_enough = (now - ORPHAN_GRACE).timestamp()
-    candidates: list[str] = []
-    with os.scandir(runs_root) as entries:
-        for entry in entries:
-            if _looks_like_run_folder(entry) and _modified_before(entry, old_enough):
-                candidates.append(f"runs/{entry.name}")
-                if len(candidates) >= batch_size:
-                    _remove_orphan_batch(candidates, summary)
-                    candidates = []
-    if candidates:
-        _remove_orphan_batch(candidates, summary)
-
-
-def _modified_before(entry: os.DirEntry, moment: float) -> bool:
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime < moment
-    except FileNotFoundError:
-        return False  # another pass (or a run delete) removed it while we were listing
-
-
-def _looks_like_run_folder(entry: os.DirEntry) -> bool:
-    if not entry.is_dir(follow_symlinks=False):
-        return False
-    try:
-        return str(uuid.UUID(entry.name)) == entry.name
-    except ValueError:
-        return False
-
-
-def _remove_orphan_batch(candidates: list[str], summary: PruneSummary) -> None:
-
-    ids = [uuid.UUID(c.split("/", 1)[1]) for c in candidates]
-    known = set(
-        TunixRun.objects.filter(output_dir__in=candidates).values_list("output_dir", flat=True)
-    )
-    known |= {f"runs/{i}" for i in TunixRun.objects.filter(id__in=ids).values_list("id", flat=True)}
-    chosen = storage.chosen_folders()
-    for relative in candidates:
-        # Never a folder that holds a live run's folder (one that chose runs/<uuid>/x).
-        if relative in known or storage.run_folders_inside(relative, chosen=chosen):
-            continue
-        path = _folder(relative)
-        if path is None:
-            continue
-        summary.orphans += 1
-        if summary.dry_run:
-            summary.file_bytes += folder_size(path)
-        else:
-            summary.file_bytes += remove_tree(path)
-
-
-def _folder(
-    output_dir: str, *, root: Path | None = None, parents: dict[Path, bool] | None = None
-) -> Path | None:
-    """The run's folder under the artifacts root, or None when the stored path would leave
-    it or passes through a symlink (which could lead to another run's folder): such a
-    folder is never removed. The same rules as paths.safe_relative, plus "no symlink on
-    the way"; `parents` caches the check of shared parent folders (runs/) for one batch."""
-    root = root or Path(settings.ARTIFACTS_DIR).resolve()
-    parts = output_dir.strip("/").split("/") if isinstance(output_dir, str) else []
-    if not parts or len(output_dir) > 1024 or not all(is_safe_segment(p) for p in parts):
-        return None
-    target = root.joinpath(*parts)
-    parent = target.parent
-    if parents is None or parent not in parents:
-        # resolve() follows every symlink: equal means there is none between root and here.
-        verdict = parent.resolve() == parent and (parent == root or parent.is_relative_to(root))
-        if parents is None:
-            parents = {}
-        parents[parent] = verdict
-    if not parents[parent]:
-        return None
-    try:
-        if stat.S_ISLNK(os.lstat(target).st_mode):
-            return None
-    except FileNotFoundError:
-        pass
-    return target
