@@ -90,7 +90,7 @@ def plan_and_ids(q: str, *settings: str) -> tuple[str, set]:
 
 def test_on_postgresql_the_trigram_indexes_serve_the_search_with_the_same_answers(runs):
     if connection.vendor != "postgresql":
-        pytest.skip("the trigram indexes exist on PostgreSQL only (0018 does nothing on SQLite)")
+        pytest.skip("the trigram indexes exist on PostgreSQL only (0019 does nothing on SQLite)")
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'runs_tunixrun'")
         assert {row[0] for row in cursor.fetchall()} >= INDEXES
