@@ -12,7 +12,7 @@ from django.test import Client
 
 from runs.models import Metric
 
-from .conftest import CHROMIUM, REPO
+from .conftest import CHROMIUM, REPO, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -145,10 +145,16 @@ def test_a_local_run_goes_pending_running_completed_with_its_log_live(
     expect(page.locator("#log-lines")).to_contain_text("short_job: loaded config", timeout=SLOW)
     # More lines than the log box shows: it keeps the newest in sight...
     expect(page.locator("#log-lines")).to_contain_text("step 8/15", timeout=SLOW)
-    page.wait_for_function(
-        "() => { const box = document.getElementById('log');"
-        " return box.scrollHeight > box.clientHeight"
-        " && box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }"
+    # Polled from here: page.wait_for_function evaluates its predicate with eval() once the
+    # first check fails, which the page's Content-Security-Policy refuses.
+    wait_for(
+        lambda: page.evaluate(
+            "() => { const box = document.getElementById('log');"
+            " return box.scrollHeight > box.clientHeight"
+            " && box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }"
+        ),
+        timeout=10,
+        message="the log box to keep its newest line in sight",
     )
     # ...until the reader scrolls up: then new lines arrive without moving the view.
     page.evaluate("document.getElementById('log').scrollTop = 0")

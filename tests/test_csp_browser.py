@@ -8,7 +8,7 @@ import pytest
 from runs import services
 from runs.models import Metric, RunStatus
 
-from .conftest import py
+from .conftest import py, wait_for
 from .test_browser import browser, log_in  # noqa: F401 - the fixture is used by name
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -108,6 +108,7 @@ def test_an_inline_script_is_blocked_and_reported(watched, live_server):
         """() => { const s = document.createElement("script");
                    s.textContent = "window.__ran = true"; document.body.append(s); }"""
     )
-    page.wait_for_function("window.__csp.length > 0")
+    # Not page.wait_for_function: its polling uses eval(), which this very policy refuses.
+    wait_for(lambda: page.evaluate("window.__csp.length > 0"), timeout=10, message="a report")
     assert page.evaluate("window.__ran") is None
     assert "script-src" in page.evaluate("window.__csp")[0]

@@ -3,6 +3,7 @@ upload names a dataset from its file, keeps the file after an error and refuses 
 name-version before sending a byte, and deleting asks once. Screenshots in test-artifacts/."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,9 +103,8 @@ def test_an_upload_takes_its_name_from_the_file_and_keeps_the_file_after_an_erro
     assert masked.startswith("<|begin_of_text|>") and "Question 0?" in masked
     # Changing the template re-renders only the preview, through htmx.
     page.select_option("select[name=family]", "qwen3")
-    page.wait_for_function(
-        "document.querySelector('.ds-row .ds-masked').textContent.startsWith('<|im_start|>')"
-    )
+    # expect() polls without eval() (page.wait_for_function would need it, and the CSP says no).
+    expect(page.locator(".ds-row .ds-masked").first).to_have_text(re.compile(r"^<\|im_start\|>"))
     assert "family=qwen3" in page.url
 
 
