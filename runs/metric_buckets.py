@@ -40,7 +40,7 @@ TOP_LEVEL = 31
 MAX_STEP = 2**TOP_LEVEL - 1
 _REBUILD_CHUNK = 50_000
 
-_AGGREGATE = (
+AGGREGATE_FIELDS = (
     "first_step",
     "first_value",
     "last_step",
@@ -214,7 +214,7 @@ _BUCKET_TYPES = ("smallint", "text", "integer") + ("integer", "float8") * 4
 def _upsert_buckets(run_id: UUID, rows: list[tuple]) -> None:
     """Insert bucket rows (level, name, bucket, *aggregate) of a run, or merge them into
     those already stored."""
-    table, columns = _quoted(MetricBucket, "run", "level", "name", "bucket", *_AGGREGATE)
+    table, columns = _quoted(MetricBucket, "run", "level", "name", "bucket", *AGGREGATE_FIELDS)
     _, key = _quoted(MetricBucket, "run", "level", "name", "bucket")
     quote = connection.ops.quote_name
     sets = []

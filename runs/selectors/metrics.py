@@ -26,7 +26,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import F, Max, Min, Value
 
-from ..metric_buckets import LOWEST_LEVEL, TOP_LEVEL
+from ..metric_buckets import AGGREGATE_FIELDS, LOWEST_LEVEL, TOP_LEVEL
 from ..models import Metric, MetricBucket, TunixRun
 
 # Points a series gives at most unless asked otherwise: more than a chart's width in pixels.
@@ -124,16 +124,7 @@ def _stored_buckets(run: TunixRun, name: str, level: int) -> list[tuple[int, flo
     rows = (
         MetricBucket.objects.filter(run=run, level=level, name=name)
         .order_by("bucket")
-        .values_list(
-            "first_step",
-            "first_value",
-            "last_step",
-            "last_value",
-            "low_step",
-            "low_value",
-            "high_step",
-            "high_value",
-        )
+        .values_list(*AGGREGATE_FIELDS)
     )
     series = []
     add = series.append
